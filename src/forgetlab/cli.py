@@ -1,0 +1,126 @@
+"""The ``forgetlab`` command line: run, show, export, report."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Measure, explain and reduce forgetting when fine-tuning language models on a stream of tasks.")
+out = Console()
+METRIC_KEYS = ("acc", "avg_incremental_acc", "learning_acc", "bwt", "fwt", "forgetting", "intransigence")
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="experiment YAML"),
+        set_: list[str] = typer.Option([], "--set", help="override a key: --set train.epochs=2"),
+        out_dir: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>-<hash>)"),
+        store: Optional[Path] = typer.Option(None, "--store", help="SQLite store (default: forgetlab.db beside the run directory)"),
+        resume: bool = typer.Option(False, "--resume", help="continue after the last completed task")):
+    """Train through the stream; write results.json, config.yaml, report.html and a store row."""
+    from .api import run as run_api
+    from .config import parse_override
+
+    overrides = dict(parse_override(s) for s in set_)
+    results = run_api(config, overrides=overrides, out=out_dir, store=store, resume=resume)
+    out.print(_metrics_table([results.raw], title=f"run {results.raw['run_id']}"))
+    out.print(f"results: {results.run_dir / 'results.json'}")
+    out.print(f"report:  {results.run_dir / 'report.html'}")
+
+
+@app.command()
+def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or an output root holding forgetlab.db"),
+         store: Optional[Path] = typer.Option(None, "--store", help="SQLite store")):
+    """Print a run's metrics and accuracy matrix, or every run in a store."""
+    from .store import Store
+
+    if path is not None and (path / "results.json").is_file():
+        raw = json.loads((path / "results.json").read_text())
+        out.print(_metrics_table([raw], title=f"run {raw['run_id']} ({raw['status']})"))
+        if raw.get("accuracy_matrix"):
+            out.print(_matrix_table(raw["accuracy_matrix"], raw["tasks"]))
+        return
+    db = store or (path / "forgetlab.db" if path else Path("runs/forgetlab.db"))
+    if not db.is_file():
+        raise UserError(f"{db}: no store here (give a run directory, or --store PATH)")
+    runs = Store(db).runs()
+    table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *METRIC_KEYS, title=str(db))
+    for r in runs:
+        m = r["metrics"] or {}
+        table.add_row(r["run_id"], r["status"], r["method"], r["dataset"], r["scenario"], r["backbone"],
+                      str(r["seed"]), *(_fmt(m.get(k)) for k in METRIC_KEYS))
+    out.print(table)
+
+
+@app.command()
+def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
+           fmt: str = typer.Option("csv", "--format", help="csv or json"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
+    """Export every run of a store as CSV or JSON."""
+    from .store import Store
+
+    if fmt not in ("csv", "json"):
+        raise UserError(f"--format: expected csv or json, got {fmt!r}")
+    if not store.is_file():
+        raise UserError(f"{store}: store not found")
+    text = Store(store).export(fmt)
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory with results.json")):
+    """(Re)write a run's report.html from its results.json."""
+    from .api import load
+    from .report import write_report
+
+    results = load(run_dir)
+    out.print(f"report: {write_report(results.raw, run_dir / 'report.html')}")
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _metrics_table(raws: list[dict], title: str) -> Table:
+    table = Table("metric", *(r.get("run_id", "") for r in raws), title=title)
+    for k in METRIC_KEYS:
+        table.add_row(k, *(_fmt((r.get("metrics") or {}).get(k)) for r in raws))
+    return table
+
+
+def _matrix_table(R: list[list[float]], tasks: list[str]) -> Table:
+    table = Table("after \\ on", *tasks, title="accuracy matrix R[i, j]")
+    for name, row in zip(tasks, R):
+        table.add_row(name, *(f"{x:.3f}" for x in row))
+    return table
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit 2; internal errors exit 1."""
+    err = Console(stderr=True)
+    try:
+        code = app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The experiment config: pydantic models, YAML loading, dotted ``--set`` overrides.
+
+Every validation error becomes one :class:`UserError` line naming the file, the line and the key.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated, defaults filled in."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(Section):
+    name: str | None = None                      # a hub id or local path (HF AutoModel)
+    arch: Literal["gpt2", "bert", "lstm"] | None = None   # or a small model built from a config
+    size: str = "tiny"                           # width/depth preset for ``arch``
+    kind: Literal["auto", "encoder", "causal_lm"] = "auto"
+    pooling: Literal["cls", "mean", "last"] | None = None   # None: mean for encoders, last for causal LMs
+    max_length: int = Field(64, ge=2)
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.arch is None):
+            raise ValueError("set exactly one of backbone.name (a pretrained model) or backbone.arch (built from a config)")
+        return self
+
+
+class DataConfig(Section):
+    name: str | None = None                      # a built-in data set name
+    path: str | None = None                      # or a local folder (JSONL) or CSV file
+    sequence: list[str] | None = None            # or several data sets, one task each
+    scenario: Literal["class_incremental", "task_incremental", "domain_incremental"] = "class_incremental"
+    classes_per_task: int | None = Field(None, ge=1)
+    num_tasks: int | None = Field(None, ge=1)
+    exact_division: bool = True                  # classes must divide evenly into tasks
+    task_field: str | None = None                # domain-incremental: split one data set by this field
+    order_seed: int | None = 0                   # seeded permutation of classes (or data sets); None keeps file order
+    order: list[str] | None = None               # an explicit class (or data set) order
+    max_train_per_class: int | None = Field(None, ge=1)
+    max_test_per_class: int | None = Field(None, ge=1)
+    max_tasks: int | None = Field(None, ge=1)
+    drop_labels: list[str] = []                  # labels removed before splitting (e.g. "oos")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("name", "path", "sequence") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of data.name, data.path or data.sequence")
+        return self
+
+
+class HeadConfig(Section):
+    type: Literal["linear", "cosine"] = "linear"
+    scale: float = Field(16.0, gt=0)             # cosine head: logits = scale · cos(w, x)
+    preallocate: bool = False                    # all classes' outputs from the start (else grow per task)
+    bias: bool = True                            # linear head only
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)    # per task; overrides epochs when set
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr_backbone: float = Field(2e-5, ge=0)
+    lr_head: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    num_threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    feature_cache: bool = True                   # reuse frozen-backbone features across tasks and runs
+    progress: bool = True
+
+
+class EvalConfig(Section):
+    probe: bool = False
+
+
+class Config(Section):
+    seed: int = 0
+    name: str | None = None
+    backbone: BackboneConfig
+    data: DataConfig
+    head: HeadConfig = HeadConfig()
+    method: dict[str, Any] = {"name": "seq"}
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """A stable hash of the resolved config: the identity of a run."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.epochs=2"`` -> ``("train.epochs", 2)``; the value is read as YAML."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys in a nested dict (a copy), creating sections as needed."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in overrides.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or take a dict/Config), apply overrides, validate, and resolve the method's keys."""
+    lines: dict[tuple, int] = {}
+    where = "config"
+    if isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+            lines = _key_lines(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: the config must be a mapping of sections")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, Config, where, lines)) from None
+    from .methods import method_class  # late import: methods import config
+
+    try:
+        cls = method_class(cfg.method.get("name"))
+    except KeyError as exc:
+        raise UserError(f"{where}{_at(lines, ('method', 'name'))}: method.name: {exc.args[0]}") from None
+    try:
+        method_cfg = cls.Config.model_validate(cfg.method)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, cls.Config, where, lines, prefix=("method",))) from None
+    cfg.method = method_cfg.model_dump(mode="json")
+    return cfg
+
+
+def _at(lines: dict[tuple, int], loc: tuple) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return f":{lines[loc[:n]]}"
+    return ""
+
+
+def _describe(exc: ValidationError, model: type[BaseModel], where: str, lines, prefix: tuple = ()) -> str:
+    """The first validation error as one line: file:line: key: what is wrong."""
+    err = exc.errors()[0]
+    loc = prefix + tuple(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    key = ".".join(loc) or "(top level)"
+    head = f"{where}{_at(lines, loc)}: {key}"
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[len(prefix):-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(known))})"
+        return f"{head}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{head}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{head}: {msg} (got {err.get('input')!r})" if err["type"] != "value_error" else f"{head}: {msg}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path of a YAML mapping to its 1-based line number."""
+    out: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = path + (str(key.value),)
+                out[p] = key.start_mark.line + 1
+                walk(value, p)
+
+    walk(yaml.compose(text), ())
+    return out
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

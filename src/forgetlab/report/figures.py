@@ -1,0 +1,66 @@
+"""PNG figures of an accuracy matrix, rendered off-screen with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+Matrix = Sequence[Sequence[float]]
+
+
+def _label(text: str) -> str:
+    """Task names are plain text: escape '$' so matplotlib does not parse them as math."""
+    return str(text).replace("$", r"\$")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_heatmap_png(matrix: Matrix, tasks: Sequence[str], title: str) -> bytes:
+    """A heat map of matrix[i][j] (row: after task i, column: task j), each cell annotated, colours 0..1."""
+    n_rows, n_cols = len(matrix), len(matrix[0])
+    side = max(3.0, 0.6 * max(n_rows, n_cols) + 2.0)
+    font = 9 if max(n_rows, n_cols) <= 10 else 6
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="equal")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            colour = "black" if value > 0.6 else "white"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font, color=colour)
+    ax.set_xticks(range(n_cols), [_label(tasks[j]) for j in range(n_cols)], rotation=45, ha="right", fontsize=font)
+    ax.set_yticks(range(n_rows), [f"after {_label(tasks[i])}" for i in range(n_rows)], fontsize=font)
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("trained through task i")
+    ax.set_title(_label(title))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
+    return _png(fig)
+
+
+def task_curves_png(matrix: Matrix, tasks: Sequence[str]) -> bytes:
+    """Each task's accuracy from the step it is learnt to the end of the stream, plus the running average."""
+    n = len(matrix)
+    steps = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    for j in range(n):
+        ax.plot(steps[j:], [matrix[i][j] for i in range(j, n)], marker="o", markersize=3, label=_label(tasks[j]))
+    average = [sum(matrix[i][: i + 1]) / (i + 1) for i in range(n)]
+    ax.plot(steps, average, linestyle="--", color="black", linewidth=2, label="average so far")
+    ax.set_xticks(steps)
+    ax.set_xlim(0.8, n + 0.2)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("tasks trained")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if n <= 15 else 2)
+    return _png(fig)

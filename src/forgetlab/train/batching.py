@@ -1,0 +1,56 @@
+"""Model inputs for a set of examples (token ids or frozen features) and their batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Inputs:
+    """Examples as token id lists (trainable backbone) or a feature matrix (frozen backbone)."""
+
+    labels: torch.Tensor                  # [N] global class ids
+    task_ids: torch.Tensor                # [N]
+    tokens: list[list[int]] | None = None
+    features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def concat(parts: list["Inputs"]) -> "Inputs":
+        if len(parts) == 1:
+            return parts[0]
+        labels = torch.cat([p.labels for p in parts])
+        task_ids = torch.cat([p.task_ids for p in parts])
+        if parts[0].features is not None:
+            return Inputs(labels, task_ids, features=torch.cat([p.features for p in parts]))
+        return Inputs(labels, task_ids, tokens=[t for p in parts for t in p.tokens])
+
+
+def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence in the batch (dynamic padding)."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
+    return ids, mask
+
+
+def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.device) -> dict:
+    batch = {"labels": inputs.labels[idx].to(device), "task_ids": inputs.task_ids[idx].to(device), "index": idx}
+    if inputs.features is not None:
+        batch["features"] = inputs.features[idx].to(device)
+    else:
+        ids, mask = pad([inputs.tokens[i] for i in idx.tolist()], pad_id)
+        batch["input_ids"], batch["attention_mask"] = ids.to(device), mask.to(device)
+    return batch
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[torch.Tensor]:
+    """Index batches of similar length, for evaluation and encoding (little padding)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [torch.tensor(order[i : i + batch_size], dtype=torch.long) for i in range(0, len(order), batch_size)]

@@ -1,0 +1,71 @@
+"""The one training loop: AdamW with separate backbone/head learning rates, clipping, progress."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..config import TrainConfig
+from ..methods.base import Method
+from ..models.learner import Learner
+from .batching import Inputs, make_batch
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    examples: int
+    loss: float          # mean loss over the last epoch's steps
+    seconds: float
+
+
+def make_optimizer(learner: Learner, cfg: TrainConfig, extra: list[torch.nn.Parameter] = ()) -> torch.optim.Optimizer | None:
+    """AdamW over the trainable parameters: backbone at ``lr_backbone``, head (and extras) at ``lr_head``."""
+    backbone = [p for p in learner.backbone.parameters() if p.requires_grad]
+    head = [p for p in learner.head.parameters() if p.requires_grad] + [p for p in extra if p.requires_grad]
+    groups = [g for g in ({"params": backbone, "lr": cfg.lr_backbone}, {"params": head, "lr": cfg.lr_head}) if g["params"]]
+    if not groups:
+        return None
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfig, *, seed: int,
+               device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
+    """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``."""
+    optimizer = make_optimizer(learner, cfg)
+    n = len(inputs)
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    if optimizer is None or total == 0:
+        return TrainStats(0, 0, float("nan"), 0.0)
+    generator = torch.Generator().manual_seed(seed)
+    learner.train()
+    start, step, seen, recent = time.perf_counter(), 0, 0, []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} ex/s"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True, disable=not (cfg.progress and console.is_terminal)) as bar:
+        job = bar.add_task(label, total=total, loss=float("nan"), rate=0.0)
+        while step < total:
+            order = torch.randperm(n, generator=generator)
+            recent = []
+            for i in range(0, n, cfg.batch_size):
+                if step == total:
+                    break
+                batch = make_batch(inputs, order[i : i + cfg.batch_size], pad_id, device)
+                loss = method.loss(batch, learner(batch))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                method.after_backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                seen += len(batch["labels"])
+                recent.append(loss.item())
+                bar.update(job, advance=1, loss=recent[-1], rate=seen / (time.perf_counter() - start))
+    learner.eval()
+    return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start)
