@@ -38,6 +38,8 @@ class Backbone(nn.Module):
         self.pad_id = _pad_id(tokenizer)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
         if isinstance(self.tokenizer, ByteTokenizer):
             return self.tokenizer.encode_batch(texts, self.max_length)
         return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
@@ -135,6 +137,9 @@ def resolve_model_path(name: str) -> str:
 
 def _pretrained(cfg: BackboneConfig) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = resolve_model_path(cfg.name)
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
