@@ -78,9 +78,9 @@ def test_dbpedia_title_and_content(mirror, tmp_path):
         {"text": "Title: Acme Corp\nText: Makes anvils {and} rockets.", "label": "Company"},
     ]
     assert read_jsonl(dest / "test.jsonl") == [
-        {"text": "Title: Tiny College\nText: A small school.", "label": "EducationalInstitution"}
+        {"text": "Title: Tiny College\nText: A small school.", "label": "Educational Institution"}
     ]
-    assert json.loads((dest / "labels.json").read_text()) == ["Artist", "Company", "EducationalInstitution"]
+    assert json.loads((dest / "labels.json").read_text()) == ["Artist", "Company", "Educational Institution"]
 
 
 def test_missing_column_raises_and_writes_nothing(mirror, tmp_path):

@@ -22,8 +22,12 @@ from forgetlab.errors import UserError
 MIRROR_ENV = "FORGETLAB_HUB_MIRROR"
 POOL_TEST_FRACTION = 0.2
 POOL_SEED = 0
-# One label space for yelp and amazon (the Yelp ClassLabel names), so the two can share a head.
-STARS = ("1 star", "2 star", "3 stars", "4 stars", "5 stars")
+# Label names as in the local copies under ../shared/data, so a fetched copy and a local one agree.
+# Yelp and Amazon share one label space (1..5 stars), so the two can share a head.
+STARS = ("very negative", "negative", "neutral", "positive", "very positive")
+AGNEWS = ("World", "Sports", "Business", "Science or Technology")
+DBPEDIA = ("Company", "Educational Institution", "Artist", "Athlete", "Office Holder", "Mean of Transportation",
+           "Building", "Natural Place", "Village", "Animal", "Plant", "Album", "Film", "Written Work")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ HUB_SPECS: dict[str, HubSpec] = {
     # FewRel's 80 public relations (train_wiki 64 + val_wiki 16) have no test split: pool and re-split 80/20.
     "fewrel": HubSpec("thunlp/few_rel", "{tokens}", "relation", splits={}, pool=("train_wiki", "val_wiki")),
     # The hub's AG News has one `text` column (title and description already joined), no separate title.
-    "agnews": HubSpec("fancyzhx/ag_news", "{text}", "label"),
+    "agnews": HubSpec("fancyzhx/ag_news", "{text}", "label", label_names=AGNEWS),
     "yelp": HubSpec("Yelp/yelp_review_full", "{text}", "label", label_names=STARS),
     # The original amazon_reviews_multi is gone from the hub; this is its English part, label = stars - 1
     # (0..4, a plain int column).
@@ -57,7 +61,7 @@ HUB_SPECS: dict[str, HubSpec] = {
         "SetFit/amazon_reviews_multi_en", "{text}", "label", label_names=STARS,
         splits={"train": "train", "validation": "validation", "test": "test"},
     ),
-    "dbpedia": HubSpec("fancyzhx/dbpedia_14", "Title: {title}\nText: {content}", "label"),
+    "dbpedia": HubSpec("fancyzhx/dbpedia_14", "Title: {title}\nText: {content}", "label", label_names=DBPEDIA),
     "yahoo": HubSpec(
         "community-datasets/yahoo_answers_topics", "{question_title} {question_content} {best_answer}", "topic",
     ),
