@@ -9,6 +9,7 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
@@ -31,7 +32,7 @@ def run(config: Path = typer.Argument(..., help="experiment YAML"),
 
     overrides = dict(parse_override(s) for s in set_)
     results = run_api(config, overrides=overrides, out=out_dir, store=store, resume=resume)
-    out.print(_metrics_table([results.raw], title=f"run {results.raw['run_id']}"))
+    _print_table(_metrics_table([results.raw], title=f"run {results.raw['run_id']}"))
     out.print(f"results: {results.run_dir / 'results.json'}")
     out.print(f"report:  {results.run_dir / 'report.html'}")
 
@@ -44,9 +45,9 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
 
     if path is not None and (path / "results.json").is_file():
         raw = json.loads((path / "results.json").read_text())
-        out.print(_metrics_table([raw], title=f"run {raw['run_id']} ({raw['status']})"))
+        _print_table(_metrics_table([raw], title=f"run {raw['run_id']} ({raw['status']})"))
         if raw.get("accuracy_matrix"):
-            out.print(_matrix_table(raw["accuracy_matrix"], raw["tasks"]))
+            _print_table(_matrix_table(raw["accuracy_matrix"], raw["tasks"]))
         return
     db = store or (path / "forgetlab.db" if path else Path("runs/forgetlab.db"))
     if not db.is_file():
@@ -57,7 +58,7 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
         m = r["metrics"] or {}
         table.add_row(r["run_id"], r["status"], r["method"], r["dataset"], r["scenario"], r["backbone"],
                       str(r["seed"]), *(_fmt(m.get(k)) for k in METRIC_KEYS))
-    out.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -88,6 +89,14 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory with result
     out.print(f"report: {write_report(results.raw, run_dir / 'report.html')}")
 
 
+def _print_table(table: Table) -> None:
+    """Fitted to the window on a terminal; piped or captured (scripts read it), at its natural width, no cell cut."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(file=out.file, width=max(out.width, 1000), color_system=None).print(table)
+
+
 def _fmt(v) -> str:
     return "–" if v is None else f"{v:.4f}"
 
@@ -112,7 +121,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()

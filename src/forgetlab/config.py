@@ -137,7 +137,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
 
 def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML file (or take a dict/Config), apply overrides, validate, and resolve the method's keys."""
-    lines: dict[tuple, int] = {}
+    lines: dict[tuple, int | str] = {}   # key path -> its line in the file, or the --set that gave it
     where = "config"
     if isinstance(source, Config):
         raw = source.to_dict()
@@ -160,16 +160,24 @@ def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | 
             raise UserError(f"{path}: the config must be a mapping of sections")
     if overrides:
         raw = apply_overrides(raw, overrides)
+        for key in overrides:     # an overridden value comes from --set, not from the file's line
+            path = tuple(key.split("."))
+            lines = {k: v for k, v in lines.items() if k[: len(path)] != path}
+            lines[path] = "--set"
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_describe(exc, Config, where, lines)) from None
     from .methods import method_class  # late import: methods import config
 
+    name = cfg.method.get("name")
+    if not isinstance(name, str):
+        problem = "required key is missing" if name is None else f"expected a method name (got {name!r})"
+        raise UserError(f"{_at(where, lines, ('method', 'name'))}: method.name: {problem}")
     try:
-        cls = method_class(cfg.method.get("name"))
+        cls = method_class(name)
     except KeyError as exc:
-        raise UserError(f"{where}{_at(lines, ('method', 'name'))}: method.name: {exc.args[0]}") from None
+        raise UserError(f"{_at(where, lines, ('method', 'name'))}: method.name: {exc.args[0]}") from None
     try:
         method_cfg = cls.Config.model_validate(cfg.method)
     except ValidationError as exc:
@@ -178,11 +186,15 @@ def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | 
     return cfg
 
 
-def _at(lines: dict[tuple, int], loc: tuple) -> str:
+def _at(where: str, lines: dict[tuple, int | str], loc: tuple) -> str:
+    """Where the value at ``loc`` came from: ``file:line`` (of the key, else of its section), or its ``--set``."""
     for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return f":{lines[loc[:n]]}"
-    return ""
+        found = lines.get(loc[:n])
+        if isinstance(found, str):
+            return found
+        if found is not None:
+            return f"{where}:{found}"
+    return where
 
 
 def _describe(exc: ValidationError, model: type[BaseModel], where: str, lines, prefix: tuple = ()) -> str:
@@ -190,10 +202,10 @@ def _describe(exc: ValidationError, model: type[BaseModel], where: str, lines, p
     err = exc.errors()[0]
     loc = prefix + tuple(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
     key = ".".join(loc) or "(top level)"
-    head = f"{where}{_at(lines, loc)}: {key}"
+    head = f"{_at(where, lines, loc)}: {key}"
     if err["type"] == "extra_forbidden":
         known = _fields_at(model, loc[len(prefix):-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.4)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(known))})"
         return f"{head}: unknown key{hint}"
     if err["type"] == "missing":
