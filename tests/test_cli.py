@@ -333,7 +333,7 @@ def test_subprocess_user_error_exit_code_and_one_line(tmp_path):
 
 # -- the happy path ------------------------------------------------------------------------------
 def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
-    data = make_csv(tmp_path / "csvdata")
+    data = make_csv(tmp_path / "csv[v2]")     # brackets: rich markup must not eat them
     cfg = write_config(tmp_path / "exp.yaml", data)
     out_dir = tmp_path / "runs" / "good"
     code, out, err = cli(monkeypatch, capsys, "run", cfg, "--out", out_dir)
@@ -365,10 +365,12 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "show", out_dir)
     assert code == 0, err
     assert raw["run_id"] in out and "completed" in out
+    assert "R[i, j]" in out and "task1" in out
 
     code, out, err = cli(monkeypatch, capsys, "show", "--store", db)
     assert code == 0, err
-    assert raw["run_id"] in out
+    assert raw["run_id"] in out          # whole, though the table is wider than 80 columns
+    assert "csv[v2]" in out and f"{raw['metrics']['acc']:.4f}" in out
 
     code, out, err = cli(monkeypatch, capsys, "export", "--store", db, "--format", "csv")
     assert code == 0, err

@@ -53,11 +53,12 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
     if not db.is_file():
         raise UserError(f"{db}: no store here (give a run directory, or --store PATH)")
     runs = Store(db).runs()
-    table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *METRIC_KEYS, title=str(db))
+    table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *METRIC_KEYS,
+                  title=escape(str(db)))
     for r in runs:
         m = r["metrics"] or {}
-        table.add_row(r["run_id"], r["status"], r["method"], r["dataset"], r["scenario"], r["backbone"],
-                      str(r["seed"]), *(_fmt(m.get(k)) for k in METRIC_KEYS))
+        table.add_row(*(escape(str(r[k])) for k in ("run_id", "status", "method", "dataset", "scenario", "backbone", "seed")),
+                      *(_fmt(m.get(k)) for k in METRIC_KEYS))
     _print_table(table)
 
 
@@ -102,16 +103,16 @@ def _fmt(v) -> str:
 
 
 def _metrics_table(raws: list[dict], title: str) -> Table:
-    table = Table("metric", *(r.get("run_id", "") for r in raws), title=title)
+    table = Table("metric", *(escape(str(r.get("run_id", ""))) for r in raws), title=escape(title))
     for k in METRIC_KEYS:
         table.add_row(k, *(_fmt((r.get("metrics") or {}).get(k)) for r in raws))
     return table
 
 
 def _matrix_table(R: list[list[float]], tasks: list[str]) -> Table:
-    table = Table("after \\ on", *tasks, title="accuracy matrix R[i, j]")
+    table = Table("after \\ on", *map(escape, tasks), title=escape("accuracy matrix R[i, j]"))
     for name, row in zip(tasks, R):
-        table.add_row(name, *(f"{x:.3f}" for x in row))
+        table.add_row(escape(name), *(f"{x:.3f}" for x in row))
     return table
 
 
