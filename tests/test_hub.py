@@ -132,3 +132,16 @@ def test_specs_cover_the_builtin_sets():
     assert set(HUB_SPECS) == {"clinc150", "banking77", "fewrel", "agnews", "yelp", "amazon", "dbpedia", "yahoo",
                               "20newsgroups"}
     assert HUB_SPECS["yelp"].label_names == HUB_SPECS["amazon"].label_names  # one label space for both
+
+
+def test_builtin_name_without_a_local_copy_goes_through_the_hub_once(mirror, tmp_path, monkeypatch):
+    from forgetlab.data.sources import load_dataset
+
+    banking_mirror(mirror)
+    monkeypatch.setenv("FORGETLAB_DATA_DIR", str(tmp_path / "no-local-copies"))
+    monkeypatch.setenv("FORGETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    ds = load_dataset("banking77")
+    assert [e.label for e in ds.train] == ["activate_my_card", "age_limit", "card_arrival"]
+    assert (tmp_path / "cache" / "datasets" / "banking77" / "train.jsonl").is_file()
+    monkeypatch.delenv("FORGETLAB_HUB_MIRROR")         # the converted copy is reused: no hub needed
+    assert [e.text for e in load_dataset("banking77").test] == ["My card has not come yet"]

@@ -36,6 +36,9 @@ class Learner(nn.Module):
             self.block_of_task.append(len(sizes) if new else None)
             if new:
                 sizes.append(len(new))
+        self._task_table = torch.zeros(len(stream.tasks), self.num_classes, dtype=torch.bool)
+        for t, classes in enumerate(self.task_classes):
+            self._task_table[t, classes] = True
         self.head = Head(backbone.dim, sizes, head_cfg.type, head_cfg.scale, head_cfg.bias, seed)
         self.preallocate = head_cfg.preallocate
         self.tasks_seen = 0
@@ -84,10 +87,7 @@ class Learner(nn.Module):
     def class_mask(self, task_ids: torch.Tensor) -> torch.Tensor:
         """[B, C] mask of the classes each example may be predicted as, as the scenario says."""
         if self.scenario == "task_incremental":
-            table = torch.zeros(len(self.task_classes), self.num_classes, dtype=torch.bool)
-            for t, classes in enumerate(self.task_classes):
-                table[t, classes] = True
-            return table[task_ids.cpu()]
+            return self._task_table[task_ids.cpu()]
         if self.scenario == "domain_incremental":
             return torch.ones(len(task_ids), self.num_classes, dtype=torch.bool)
         return self.active_classes().expand(len(task_ids), -1)
