@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from forgetlab.cli import main
+from forgetlab.errors import UserError
 from forgetlab.store import Store
 
 # Line numbers matter: tests assert that errors point at them.
@@ -382,3 +383,11 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "export", "--store", db, "--format", "json")
     assert code == 0, err
     assert [r["run_id"] for r in json.loads(out)] == [raw["run_id"]]
+
+
+
+def test_probe_request_is_refused_clearly_until_probing_exists():
+    from forgetlab.config import load_config
+
+    with pytest.raises(UserError, match="eval.probe"):
+        load_config({"backbone": {"arch": "gpt2"}, "data": {"name": "clinc150"}, "eval": {"probe": True}})

@@ -88,6 +88,12 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     probe: bool = False
 
+    @model_validator(mode="after")
+    def _probe_not_yet(self):
+        if self.probe:
+            raise ValueError("the probe matrix is not available in this version of forgetlab; set eval.probe: false")
+        return self
+
 
 class Config(Section):
     seed: int = 0
