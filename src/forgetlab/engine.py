@@ -17,6 +17,7 @@ from rich.console import Console
 
 from . import __version__, checkpoint
 from .config import Config, dump_config
+from .data.sources import cache_dir
 from .data.stream import Stream, Task, build_stream
 from .errors import UserError
 from .eval.evaluate import evaluate
@@ -75,7 +76,7 @@ class Engine:
         """Features of every example of the stream under the frozen backbone, via the cache."""
         if self._features is None:
             backbone = self.learner.backbone
-            root = _cache_root() / "features" if self.cfg.train.feature_cache else None
+            root = cache_dir() / "features" if self.cfg.train.feature_cache else None
             self._cache = FeatureCache(root, backbone.fingerprint())
             keys = [(t.index, s) for t in self.stream.tasks for s in ("train", "test")]
             texts = [self._texts(self.stream.tasks[i], s) for i, s in keys]
@@ -193,12 +194,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _cache_root() -> Path:
-    from .data.sources import cache_dir
-
-    return cache_dir()
 
 
 def _new_run_id(cfg: Config) -> str:

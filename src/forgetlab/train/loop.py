@@ -42,6 +42,7 @@ def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfi
     total = cfg.max_steps or cfg.epochs * per_epoch
     if optimizer is None or total == 0:
         return TrainStats(0, 0, float("nan"), 0.0)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     generator = torch.Generator().manual_seed(seed)
     learner.train()
     start, step, seen, recent = time.perf_counter(), 0, 0, []
@@ -61,7 +62,7 @@ def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfi
                 loss.backward()
                 method.after_backward()
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 step += 1
                 seen += len(batch["labels"])
