@@ -23,6 +23,7 @@ from .errors import UserError
 from .eval.evaluate import evaluate
 from .eval.metrics import all_metrics
 from .methods import Method, method_class
+from .methods.base import Context
 from .models.backbones import build_backbone
 from .models.learner import Learner
 from .report import write_report
@@ -52,8 +53,13 @@ class Engine:
         method_cfg = method_cls.Config.model_validate(cfg.method)
         head_cfg = method_cls.head_config(method_cfg, cfg.head)
         backbone = build_backbone(cfg.backbone)
+        if method_cls.needs_causal_lm and not backbone.causal:
+            raise UserError(f"method.name: {method_cls.name} needs a causal LM backbone; "
+                            f"{backbone.source} is an encoder (use backbone.arch: gpt2 or a causal LM)")
         self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed).to(self.device)
-        self.method: Method = method_cls(method_cfg, self.learner)
+        ctx = Context(self.stream, self.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed)
+        self.method: Method = method_cls(method_cfg, self.learner, ctx)
+        self.learner.to(self.device)
         self._tokens: dict[tuple[int, str], list[list[int]]] = {}
         self._features: dict[tuple[int, str], torch.Tensor] | None = None
         self._cache: FeatureCache | None = None
@@ -64,13 +70,13 @@ class Engine:
 
     def inputs(self, task: Task, split: str) -> Inputs:
         labels = torch.tensor(task.train_labels if split == "train" else task.test_labels)
-        task_ids = torch.full_like(labels, task.index)
+        ids = (labels, torch.full_like(labels, task.index), torch.arange(len(labels)))
         if self.learner.backbone_frozen:
-            return Inputs(labels, task_ids, features=self.frozen_features()[(task.index, split)])
+            return Inputs(*ids, features=self.frozen_features()[(task.index, split)])
         key = (task.index, split)
         if key not in self._tokens:
             self._tokens[key] = self.learner.backbone.tokenize(self._texts(task, split))
-        return Inputs(labels, task_ids, tokens=self._tokens[key])
+        return Inputs(*ids, tokens=self._tokens[key])
 
     def frozen_features(self) -> dict[tuple[int, str], torch.Tensor]:
         """Features of every example of the stream under the frozen backbone, via the cache."""
@@ -88,9 +94,11 @@ class Engine:
     def test_features(self, tasks: list[Task]) -> list[torch.Tensor]:
         if self.learner.backbone_frozen:
             return [self.frozen_features()[(t.index, "test")] for t in tasks]
-        texts = [t.test_texts for t in tasks]
-        flat = encode(self.learner.backbone, [x for g in texts for x in g], self.cfg.train.eval_batch_size, self.device)
-        return list(torch.split(flat, [len(g) for g in texts]))
+        out = []
+        for t in tasks:
+            self.method.eval_task(t)
+            out.append(encode(self.learner.backbone, t.test_texts, self.cfg.train.eval_batch_size, self.device))
+        return out
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, out_dir: Path, store: Store, resume: bool = False) -> dict:
@@ -141,8 +149,7 @@ class Engine:
             backbone_trained = not learner.backbone_frozen
             if backbone_trained:
                 self._features = None       # the backbone will change: cached features go stale
-            seen = stream.tasks[: task.index + 1]
-            data = Inputs.concat([self.inputs(t, "train") for t in method.training_tasks(task, seen)])
+            data = method.training_inputs(task, stream.tasks[: task.index + 1])
             stats = train_task(learner, method, data, cfg.train, seed=cfg.seed * 1_000_003 + task.index,
                                device=self.device, pad_id=learner.backbone.pad_id,
                                label=f"task {task.index + 1}/{T} {task.name}", console=console)
@@ -177,6 +184,7 @@ class Engine:
             "timing": {"train_s": state["train_s"], "eval_s": state["eval_s"],
                        "total_s": elapsed_before + time.perf_counter() - t_start},
             "task_log": state["log"],
+            "resources": _resources(self.device),
             "environment": _environment(cfg, self.device),
         }
         return results
@@ -188,6 +196,15 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but no CUDA device is available")
     return torch.device(name)
+
+
+def _resources(device: torch.device) -> dict:
+    """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory."""
+    import resource
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"peak_rss_mib": rss_kib / 1024, "peak_cuda_mib": cuda}
 
 
 def _seed_everything(seed: int) -> None:

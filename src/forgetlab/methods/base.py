@@ -1,24 +1,60 @@
 """The method interface: hooks the engine calls around its one training loop.
 
 Subclasses set ``name`` (the config name; setting it registers the class), optionally a
-``Config`` with their own keys, and override only the hooks they change.
+``Config`` with their own keys, and override only the hooks they change. Every method can
+compose a replay memory (``method: {name: ewc, replay: {size: 150}}``): the base class fills it
+after each task and mixes a memory batch into every training batch. A subclass that overrides
+``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-
-from ..config import HeadConfig, Section
-from ..data.stream import Task
+from ..config import HeadConfig, Section, TrainConfig
+from ..data.stream import Stream, Task
 from ..models.learner import Learner, Output
+from ..train.batching import Inputs, make_batch
+from .components.memory import Memory, ReplayConfig
 
 REGISTRY: dict[str, type["Method"]] = {}
 
 
 class MethodConfig(Section):
     name: str
+    replay: ReplayConfig | None = None     # compose an episodic memory with any method
+
+
+@dataclass
+class Context:
+    """What the engine lends a method: the stream, each task's inputs, and how to batch them."""
+
+    stream: Stream
+    inputs: Callable[[Task, str], Inputs]      # (task, "train"|"test") -> Inputs
+    device: torch.device
+    pad_id: int
+    train: TrainConfig
+    seed: int = 0
+
+    def batch(self, inputs: Inputs) -> dict:
+        return make_batch(inputs, torch.arange(len(inputs)), self.pad_id, self.device)
+
+    def batches(self, inputs: Inputs, size: int) -> list[dict]:
+        return [make_batch(inputs, torch.arange(i, min(i + size, len(inputs))), self.pad_id, self.device)
+                for i in range(0, len(inputs), size)]
+
+    def examples(self, task_ids: torch.Tensor, example_ids: torch.Tensor) -> Inputs:
+        """The training inputs of the named examples, in the given order."""
+        parts, where = [], []
+        for t in task_ids.unique().tolist():
+            rows = (task_ids == t).nonzero().flatten()
+            parts.append(self.inputs(self.stream.tasks[t], "train").subset(example_ids[rows]))
+            where.append(rows)
+        merged = Inputs.concat(parts)
+        return merged.subset(torch.cat(where).argsort())
 
 
 class Method:
@@ -26,14 +62,16 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_causal_lm: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             REGISTRY[cls.name] = cls
 
-    def __init__(self, cfg: MethodConfig, learner: Learner):
-        self.cfg, self.learner = cfg, learner
+    def __init__(self, cfg: MethodConfig, learner: Learner, ctx: Context):
+        self.cfg, self.learner, self.ctx = cfg, learner, ctx
+        self.memory = Memory(cfg.replay.size, cfg.replay.strategy) if cfg.replay else None
 
     @classmethod
     def head_config(cls, cfg: MethodConfig, head: HeadConfig) -> HeadConfig:
@@ -43,22 +81,55 @@ class Method:
     def before_task(self, task: Task) -> None:
         """Called after the task's classes are activated, before training on it."""
 
-    def training_tasks(self, task: Task, seen: list[Task]) -> list[Task]:
-        """The tasks whose training data this task trains on (``seen`` includes ``task``)."""
-        return [task]
+    def training_inputs(self, task: Task, seen: list[Task]) -> Inputs:
+        """What this task trains on (``seen`` includes ``task``): its own training set."""
+        return self.ctx.inputs(task, "train")
 
     def loss(self, batch: dict, out: Output) -> torch.Tensor:
-        return F.cross_entropy(out.logits, batch["labels"])
+        """Cross-entropy on the batch (joined by a memory batch if there is a memory) plus ``penalty``."""
+        logits, labels = out.logits, batch["labels"]
+        memory = self.memory_batch()
+        if memory is not None:
+            logits = torch.cat([logits, self.learner(memory).logits])
+            labels = torch.cat([labels, memory["labels"]])
+        return F.cross_entropy(logits, labels) + self.penalty(batch, out)
+
+    def penalty(self, batch: dict, out: Output) -> torch.Tensor:
+        """A regulariser added to the loss (EWC, MAS, LwF override this)."""
+        return out.logits.new_zeros(())
 
     def after_backward(self) -> None:
         """Called between ``backward`` and the optimizer step (e.g. to mask gradients)."""
 
     def after_task(self, task: Task) -> None:
-        """Called after training on the task, before it is evaluated."""
+        """Called after training on the task, before it is evaluated: offers its examples to the memory."""
+        if self.memory is not None:
+            data = self.ctx.inputs(task, "train")
+            order = torch.randperm(len(data))
+            self.memory.add(data.task_ids[order], data.example_ids[order], data.labels[order])
+
+    def eval_task(self, task: Task) -> None:
+        """Called before a task's test set is encoded (e.g. to select that task's adapter)."""
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors resume must restore (saved as safetensors)."""
-        return {}
+        return self.memory.state() if self.memory is not None else {}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state` returned."""
+        if self.memory is not None:
+            self.memory.load_state(state)
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def memory_batch(self) -> dict | None:
+        """A batch of examples drawn uniformly from the memory, or None if it is empty."""
+        if self.memory is None or len(self.memory) == 0:
+            return None
+        idx = self.memory.sample(self.cfg.replay.batch_size or self.ctx.train.batch_size)
+        batch = self.ctx.batch(self.ctx.examples(self.memory.task_ids[idx], self.memory.example_ids[idx]))
+        batch["memory_index"] = idx
+        return batch
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.learner.named_parameters() if p.requires_grad}
+

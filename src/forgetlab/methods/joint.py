@@ -3,6 +3,7 @@
 The upper bound that forgetting is measured against; the model keeps training from where the
 previous task left it.
 """
+from ..train.batching import Inputs
 from .base import Method, MethodConfig
 
 
@@ -18,5 +19,5 @@ class Joint(Method):
         if task.index == 0 and self.cfg.freeze_backbone:
             self.learner.freeze_backbone()
 
-    def training_tasks(self, task, seen):
-        return list(seen)
+    def training_inputs(self, task, seen):
+        return Inputs.concat([self.ctx.inputs(t, "train") for t in seen])

@@ -31,9 +31,10 @@ OFFLINE_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 class Backbone(nn.Module):
     """Wraps a model and its tokenizer; ``forward(ids, mask)`` returns pooled features [B, dim]."""
 
-    def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str):
+    def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str,
+                 causal: bool = False):
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.causal = model, tokenizer, causal
         self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
         self.pad_id = _pad_id(tokenizer)
 
@@ -46,6 +47,7 @@ class Backbone(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - input_ids.size(1):]    # drop virtual tokens prompt tuning prepends
         return pool(hidden, attention_mask, self.pooling)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
@@ -117,7 +119,7 @@ def _from_config(cfg: BackboneConfig) -> Backbone:
     if cfg.arch == "gpt2":
         model = GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_length, n_embd=dim,
                                      n_layer=layers, n_head=heads, bos_token_id=1, eos_token_id=2))
-        return Backbone(model, tok, cfg.pooling or "last", cfg.max_length, dim, source)
+        return Backbone(model, tok, cfg.pooling or "last", cfg.max_length, dim, source, causal=True)
     model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=dim, num_hidden_layers=layers,
                                  num_attention_heads=heads, intermediate_size=4 * dim,
                                  max_position_embeddings=cfg.max_length, pad_token_id=0), add_pooling_layer=False)
@@ -154,7 +156,7 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling = cfg.pooling or ("last" if causal else "mean")
-    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name)
+    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, causal=causal)
 
 
 def _is_causal(hf_cfg) -> bool:

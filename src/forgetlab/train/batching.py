@@ -12,21 +12,27 @@ class Inputs:
 
     labels: torch.Tensor                  # [N] global class ids
     task_ids: torch.Tensor                # [N]
+    example_ids: torch.Tensor             # [N] index in its task's split: (task_id, example_id) names an example
     tokens: list[list[int]] | None = None
     features: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, idx: torch.Tensor) -> "Inputs":
+        if self.features is not None:
+            return Inputs(self.labels[idx], self.task_ids[idx], self.example_ids[idx], features=self.features[idx])
+        return Inputs(self.labels[idx], self.task_ids[idx], self.example_ids[idx],
+                      tokens=[self.tokens[i] for i in idx.tolist()])
+
     @staticmethod
     def concat(parts: list["Inputs"]) -> "Inputs":
         if len(parts) == 1:
             return parts[0]
-        labels = torch.cat([p.labels for p in parts])
-        task_ids = torch.cat([p.task_ids for p in parts])
+        ids = [torch.cat([getattr(p, k) for p in parts]) for k in ("labels", "task_ids", "example_ids")]
         if parts[0].features is not None:
-            return Inputs(labels, task_ids, features=torch.cat([p.features for p in parts]))
-        return Inputs(labels, task_ids, tokens=[t for p in parts for t in p.tokens])
+            return Inputs(*ids, features=torch.cat([p.features for p in parts]))
+        return Inputs(*ids, tokens=[t for p in parts for t in p.tokens])
 
 
 def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +47,8 @@ def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 
 def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.device) -> dict:
-    batch = {"labels": inputs.labels[idx].to(device), "task_ids": inputs.task_ids[idx].to(device), "index": idx}
+    batch = {"labels": inputs.labels[idx].to(device), "task_ids": inputs.task_ids[idx].to(device),
+             "example_ids": inputs.example_ids[idx], "index": idx}
     if inputs.features is not None:
         batch["features"] = inputs.features[idx].to(device)
     else:

@@ -1,0 +1,1 @@
+"""Pieces methods compose: a replay memory, parameter importances and their penalty, distillation."""
