@@ -1,6 +1,7 @@
 """Continual-learning methods, one file each; ``method_class(name)`` finds one by its config name."""
-from . import freeze, joint, seq, seq_star  # noqa: F401  (importing registers them)
-from .base import REGISTRY, Method, MethodConfig
+from . import (adapter, der, ewc, freeze, generative_replay, joint, knn_memory, lora, lwf, mas,  # noqa: F401
+               multihead, prompt_tuning, replay, seq, seq_star)  # importing registers them
+from .base import REGISTRY, Context, Method, MethodConfig
 
 
 def method_class(name: str | None) -> type[Method]:
@@ -9,4 +10,4 @@ def method_class(name: str | None) -> type[Method]:
     return REGISTRY[name]
 
 
-__all__ = ["Method", "MethodConfig", "method_class", "REGISTRY"]
+__all__ = ["Method", "MethodConfig", "Context", "method_class", "REGISTRY"]

@@ -98,6 +98,12 @@ class Method:
         """A regulariser added to the loss (EWC, MAS, LwF override this)."""
         return out.logits.new_zeros(())
 
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        """What the optimizer trains, at which learning rate."""
+        backbone = [p for p in self.learner.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.learner.head.parameters() if p.requires_grad]
+        return [{"params": backbone, "lr": train.lr_backbone}, {"params": head, "lr": train.lr_head}]
+
     def after_backward(self) -> None:
         """Called between ``backward`` and the optimizer step (e.g. to mask gradients)."""
 

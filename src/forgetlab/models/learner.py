@@ -1,6 +1,7 @@
 """The learner: backbone + head, and what the scenario allows it to predict."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,8 @@ class Learner(nn.Module):
         self.preallocate = head_cfg.preallocate
         self.tasks_seen = 0
         self.head.requires_grad_(False)
+        self.task_id_at_test = stream.scenario == "task_incremental"   # predict within the task's classes
+        self.scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # replaces the head at test time
 
     # -- state the engine and methods change ---------------------------------------------------
     def begin_task(self, task: Task) -> None:
@@ -86,7 +89,7 @@ class Learner(nn.Module):
 
     def class_mask(self, task_ids: torch.Tensor) -> torch.Tensor:
         """[B, C] mask of the classes each example may be predicted as, as the scenario says."""
-        if self.scenario == "task_incremental":
+        if self.task_id_at_test:
             return self._task_table[task_ids.cpu()]
         if self.scenario == "domain_incremental":
             return torch.ones(len(task_ids), self.num_classes, dtype=torch.bool)
@@ -99,7 +102,9 @@ class Learner(nn.Module):
 
     def logits(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         mask = self.class_mask(task_ids).to(features.device)
-        return self.head(features).masked_fill(~mask, float("-inf"))
+        use_scorer = self.scorer is not None and not self.training
+        scores = self.scorer(features, mask) if use_scorer else self.head(features)
+        return scores.masked_fill(~mask, float("-inf"))
 
     def forward(self, batch: dict) -> Output:
         features = self.encode(batch)

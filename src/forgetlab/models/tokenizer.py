@@ -11,3 +11,6 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: list[str], max_length: int) -> list[list[int]]:
         return [[self.bos_token_id] + [b + 3 for b in t.encode("utf-8")[: max_length - 1]] for t in texts]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")

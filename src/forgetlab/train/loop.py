@@ -23,11 +23,9 @@ class TrainStats:
     seconds: float
 
 
-def make_optimizer(learner: Learner, cfg: TrainConfig, extra: list[torch.nn.Parameter] = ()) -> torch.optim.Optimizer | None:
-    """AdamW over the trainable parameters: backbone at ``lr_backbone``, head (and extras) at ``lr_head``."""
-    backbone = [p for p in learner.backbone.parameters() if p.requires_grad]
-    head = [p for p in learner.head.parameters() if p.requires_grad] + [p for p in extra if p.requires_grad]
-    groups = [g for g in ({"params": backbone, "lr": cfg.lr_backbone}, {"params": head, "lr": cfg.lr_head}) if g["params"]]
+def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer | None:
+    """AdamW over the method's parameter groups (by default backbone at ``lr_backbone``, head at ``lr_head``)."""
+    groups = [g for g in method.param_groups(cfg) if g["params"]]
     if not groups:
         return None
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -36,7 +34,7 @@ def make_optimizer(learner: Learner, cfg: TrainConfig, extra: list[torch.nn.Para
 def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfig, *, seed: int,
                device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``."""
-    optimizer = make_optimizer(learner, cfg)
+    optimizer = make_optimizer(method, cfg)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch

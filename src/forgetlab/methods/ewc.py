@@ -1,0 +1,56 @@
+"""EWC: "Overcoming catastrophic forgetting in neural networks" (Kirkpatrick et al., PNAS 2017), and
+online EWC from "Progress & Compress" (Schwarz et al., ICML 2018).
+
+After each task, estimate the diagonal Fisher F of the trainable parameters on the task's data
+and anchor them; while training later tasks add (lam / 2) * sum_i F_i (theta_i - theta*_i)^2,
+summed over past tasks. Online EWC keeps one running Fisher, F <- gamma * F + F_t.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from .base import Method, MethodConfig
+from .components.importance import diagonal_fisher
+from .components.penalty import QuadraticPenalty
+
+
+class EWCConfig(MethodConfig):
+    lam: float = Field(5000.0, ge=0)                  # penalty strength lambda
+    online: bool = False                              # one running Fisher instead of one per task
+    gamma: float = Field(1.0, ge=0, le=1)             # online EWC's decay of the old Fisher
+    fisher: Literal["true", "empirical"] = "true"     # labels drawn from the model, or the data's
+    fisher_examples: int | None = Field(None, ge=1)   # examples per task to estimate F on (None: all)
+
+
+class EWC(Method):
+    name = "ewc"
+    Config = EWCConfig
+
+    def __init__(self, cfg, learner, ctx):
+        super().__init__(cfg, learner, ctx)
+        self.consolidated = QuadraticPenalty()
+
+    def penalty(self, batch, out):
+        return self.cfg.lam / 2 * self.consolidated(dict(self.learner.named_parameters()))
+
+    def after_task(self, task):
+        super().after_task(task)
+        data = self.ctx.inputs(task, "train")
+        if self.cfg.fisher_examples is not None:
+            data = data.subset(torch.randperm(len(data))[: self.cfg.fisher_examples])
+        params = self.trainable()
+        fisher = diagonal_fisher(lambda b: self.learner(b).logits, params, self.ctx.batches(data, 1), self.cfg.fisher)
+        if self.cfg.online:
+            self.consolidated.merge(fisher, params, self.cfg.gamma)
+        else:
+            self.consolidated.add(fisher, params)
+
+    def state(self):
+        return {**super().state(), **self.consolidated.state()}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.consolidated.load_state(state)

@@ -1,0 +1,90 @@
+"""k-NN memory: retrieval over stored feature vectors, the external-memory (RAG-style) answer to
+forgetting (cf. "Episodic Memory in Lifelong Language Learning", d'Autume et al., NeurIPS 2019, and
+kNN-based continual learners).
+
+After each task, the features of its training examples are stored with their labels. A test
+example is classified by a vote of its k nearest stored neighbours (cosine similarity or
+Euclidean distance) among the classes it may be predicted as; ties go to the smallest class
+id, as in scikit-learn. ``blend < 1`` mixes the vote's distribution with the head's softmax. The
+backbone is frozen by default, so stored features never go stale; if it trains, they are
+re-encoded after every task.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import Method, MethodConfig
+
+
+class KNNConfig(MethodConfig):
+    k: int = Field(5, ge=1)
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    blend: float = Field(1.0, ge=0, le=1)      # weight of the k-NN vote against the head's softmax
+    freeze_backbone: bool = True
+
+
+class KNNMemory(Method):
+    name = "knn_memory"
+    Config = KNNConfig
+
+    def __init__(self, cfg, learner, ctx):
+        super().__init__(cfg, learner, ctx)
+        self.keys = torch.zeros(0, learner.backbone.dim)
+        self.values = torch.zeros(0, dtype=torch.long)
+        self.stored: list[int] = []                 # tasks whose examples are in the memory
+        learner.scorer = self.scores
+
+    def before_task(self, task):
+        if self.cfg.freeze_backbone:
+            self.learner.freeze_backbone()
+
+    def after_task(self, task):
+        super().after_task(task)
+        self.stored.append(task.index)
+        keys, values = [], []
+        for t in (self.stored if not self.learner.backbone_frozen else [task.index]):
+            data = self.ctx.inputs(self.ctx.stream.tasks[t], "train")
+            keys.append(self.encode(data))
+            values.append(data.labels)
+        if self.learner.backbone_frozen:
+            keys, values = [self.keys, *keys], [self.values, *values]
+        self.keys, self.values = torch.cat(keys), torch.cat(values)
+
+    @torch.no_grad()
+    def encode(self, data) -> torch.Tensor:
+        batches = self.ctx.batches(data, self.ctx.train.eval_batch_size)
+        return torch.cat([self.learner.encode(b).float().cpu() for b in batches])
+
+    def neighbours(self, queries: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Indices [B, k'] of each query's nearest stored keys whose label is allowed (k' = min(k, M))."""
+        keys = self.keys.to(queries.device)
+        if self.cfg.metric == "cosine":
+            closeness = F.normalize(queries.float(), dim=-1) @ F.normalize(keys, dim=-1).T
+        else:
+            closeness = -torch.cdist(queries.float(), keys)
+        closeness = closeness.masked_fill(~allowed[:, self.values.to(queries.device)], float("-inf"))
+        return closeness.topk(min(self.cfg.k, len(keys)), dim=-1).indices
+
+    def scores(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Log of blend * (k-NN vote shares) + (1 - blend) * softmax(head)."""
+        num_classes = mask.size(1)
+        probs = torch.zeros(len(features), num_classes, device=features.device)
+        if len(self.keys):
+            labels = self.values.to(features.device)[self.neighbours(features, mask)]
+            probs = F.one_hot(labels, num_classes).float().mean(1)
+        if self.cfg.blend < 1:
+            head = self.learner.head(features).masked_fill(~mask, float("-inf")).softmax(-1)
+            probs = self.cfg.blend * probs + (1 - self.cfg.blend) * head
+        return probs.clamp_min(1e-12).log()
+
+    def state(self):
+        return {**super().state(), "knn.keys": self.keys, "knn.values": self.values,
+                "knn.stored": torch.tensor(self.stored, dtype=torch.long)}
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.keys, self.values, self.stored = state["knn.keys"], state["knn.values"], state["knn.stored"].tolist()
