@@ -1,4 +1,4 @@
-"""The ``forgetlab`` command line: run, show, export, report."""
+"""The ``forgetlab`` command line: run, sweep, show, export, report."""
 from __future__ import annotations
 
 import json
@@ -81,13 +81,49 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run directory with results.json")):
-    """(Re)write a run's report.html from its results.json."""
+def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, grid, out"),
+          workers: int = typer.Option(1, "--workers", help="runs at a time (each in its own process)")):
+    """Run every point of a grid (skipping those already completed in the sweep's store)."""
+    from .sweep import load_sweep, run_sweep
+
+    spec = load_sweep(sweep_file)
+    counts = run_sweep(spec, workers=workers)
+    out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+              f"store {spec.out / 'forgetlab.db'}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(None, help="run directories with results.json"),
+           store: Optional[Path] = typer.Option(None, "--store", help="compare every completed run of a store"),
+           group_by: str = typer.Option("name", "--group-by", help="config key that groups runs (seeds are averaged)"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write"),
+           markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the summary table as Markdown")):
+    """One run: (re)write its report.html. Several runs or a store: one comparison, mean ± 95% CI."""
     from .api import load
     from .report import write_report
+    from .report.compare import write_comparison
+    from .store import Store
 
-    results = load(run_dir)
-    out.print(f"report: {write_report(results.raw, run_dir / 'report.html')}")
+    run_dirs = run_dirs or []
+    if len(run_dirs) == 1 and store is None:
+        results = load(run_dirs[0])
+        out.print(f"report: {write_report(results.raw, output or run_dirs[0] / 'report.html')}")
+        return
+    runs = [load(d).raw for d in run_dirs]
+    if store is not None:
+        if not store.is_file():
+            raise UserError(f"{store}: store not found")
+        runs += [r["results"] for r in Store(store).completed()]
+    if not runs:
+        raise UserError("report: no completed runs (give run directories or --store DB)")
+    target = output or (store.parent if store else Path(".")) / "comparison.html"
+    table = write_comparison(runs, target, group_by=group_by, title=f"forgetlab: {len(runs)} runs")
+    if markdown:
+        markdown.write_text(table)
+    sys.stdout.write(table)
+    out.print(f"report: {target}")
 
 
 def _print_table(table: Table) -> None:

@@ -167,6 +167,10 @@ class Store:
         found = self._select("WHERE run_id = ?", (run_id,), full=True)
         return found[0] if found else None
 
+    def completed(self) -> list[dict]:
+        """Completed runs with their config and full results, newest first."""
+        return self._select("WHERE status = 'completed'", full=True)
+
     def completed_hashes(self) -> set[str]:
         """The config hashes of completed runs, so a sweep can skip them."""
         with self._connect() as conn:

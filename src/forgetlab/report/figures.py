@@ -64,3 +64,16 @@ def task_curves_png(matrix: Matrix, tasks: Sequence[str]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if n <= 15 else 2)
     return _png(fig)
+
+
+def bars_with_ci_png(labels: Sequence[str], means: Sequence[float | None], cis: Sequence[float | None],
+                     title: str) -> bytes:
+    """Horizontal bars of group means with their 95% confidence intervals as error bars."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(labels) + 1.2))
+    y = list(range(len(labels)))
+    ax.barh(y, [m or 0.0 for m in means], xerr=[c or 0.0 for c in cis], color="#4c78a8", capsize=3)
+    ax.set_yticks(y, [_label(s) for s in labels])
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
