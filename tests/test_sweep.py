@@ -22,10 +22,11 @@ def test_mean_ci_is_the_student_t_half_width():
 
 def test_summarize_groups_seeds_of_a_grid_point():
     runs = [{"config": {"name": n, "seed": s, "method": {"name": n}}, "metrics": {"acc": a, "bwt": -a},
-             "timing": {"train_s": 10.0}} for n, s, a in [("seq", 0, 0.1), ("seq", 1, 0.3), ("replay", 0, 0.5)]]
+             "timing": {"total_s": 12.0, "eval_s": 2.0}} for n, s, a in [("seq", 0, 0.1), ("seq", 1, 0.3), ("replay", 0, 0.5)]]
     rows = summarize(runs)
     assert [(r["group"], r["n"], r["seeds"]) for r in rows] == [("seq", 2, [0, 1]), ("replay", 1, [0])]
     assert rows[0]["acc"][0] == pytest.approx(0.2) and rows[0]["acc"][1] == pytest.approx(12.706205 * 0.1, rel=1e-6)
+    assert rows[0]["train s"] == (10.0, 0.0)
     table = markdown_table(rows)
     assert "| seq | 2 | 0.2000 ± " in table and "| replay | 1 | 0.5000 |" in table
 

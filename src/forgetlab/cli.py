@@ -115,7 +115,7 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
     if store is not None:
         if not store.is_file():
             raise UserError(f"{store}: store not found")
-        runs += [r["results"] for r in Store(store).completed()]
+        runs += [r["results"] for r in reversed(Store(store).completed())]     # oldest first
     if not runs:
         raise UserError("report: no completed runs (give run directories or --store DB)")
     target = output or (store.parent if store else Path(".")) / "comparison.html"
