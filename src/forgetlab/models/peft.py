@@ -11,10 +11,8 @@ from .backbones import Backbone, LSTMEncoder
 
 def wrap_with_peft(backbone: Backbone, names: list[str], make_config: Callable[[], object]) -> None:
     """Replace ``backbone.model`` by a peft model holding one adapter per name (base weights frozen)."""
-    try:
-        from peft import get_peft_model
-    except ImportError:
-        raise UserError("method.name: this method needs peft (pip install 'forgetlab[peft]')") from None
+    from peft import get_peft_model
+
     if isinstance(backbone.model, LSTMEncoder):
         raise UserError("method.name: peft methods need a transformer backbone, not an LSTM")
     try:
