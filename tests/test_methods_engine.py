@@ -68,7 +68,7 @@ def test_generative_replay_makes_pseudo_examples_in_the_tasks_format(tmp_path):
     cfg = tiny_config(method={"name": "generative_replay", "ratio": 0.5},
                       data={"max_tasks": 2}, backbone={"size": "tiny", "max_length": 32})
     engine = Engine(load_config(cfg))
-    method, learner = engine.method, engine.learner
+    method = engine.method
     engine.run(tmp_path / "run", Store(tmp_path / "forgetlab.db"))
     task1 = engine.stream.tasks[1]
     torch.manual_seed(0)

@@ -56,10 +56,10 @@ class Engine:
         if method_cls.needs_causal_lm and not backbone.causal:
             raise UserError(f"method.name: {method_cls.name} needs a causal LM backbone; "
                             f"{backbone.source} is an encoder (use backbone.arch: gpt2 or a causal LM)")
-        self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed).to(self.device)
+        self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed)
         ctx = Context(self.stream, self.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed)
         self.method: Method = method_cls(method_cfg, self.learner, ctx)
-        self.learner.to(self.device)
+        self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
         self._tokens: dict[tuple[int, str], list[list[int]]] = {}
         self._features: dict[tuple[int, str], torch.Tensor] | None = None
         self._cache: FeatureCache | None = None

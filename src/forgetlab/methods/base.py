@@ -46,6 +46,11 @@ class Context:
         return [make_batch(inputs, torch.arange(i, min(i + size, len(inputs))), self.pad_id, self.device)
                 for i in range(0, len(inputs), size)]
 
+    def training_sample(self, task: Task, limit: int | None) -> Inputs:
+        """The task's training inputs, or ``limit`` of them drawn at random."""
+        data = self.inputs(task, "train")
+        return data if limit is None else data.subset(torch.randperm(len(data))[:limit])
+
     def examples(self, task_ids: torch.Tensor, example_ids: torch.Tensor) -> Inputs:
         """The training inputs of the named examples, in the given order."""
         parts, where = [], []

@@ -7,7 +7,6 @@ beta * cross-entropy on the labels of another (the paper's defaults vary; 0.1 / 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from .base import Method, MethodConfig
@@ -38,9 +37,7 @@ class EWC(Method):
 
     def after_task(self, task):
         super().after_task(task)
-        data = self.ctx.inputs(task, "train")
-        if self.cfg.fisher_examples is not None:
-            data = data.subset(torch.randperm(len(data))[: self.cfg.fisher_examples])
+        data = self.ctx.training_sample(task, self.cfg.fisher_examples)
         params = self.trainable()
         fisher = diagonal_fisher(lambda b: self.learner(b).logits, params, self.ctx.batches(data, 1), self.cfg.fisher)
         if self.cfg.online:

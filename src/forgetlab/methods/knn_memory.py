@@ -45,14 +45,13 @@ class KNNMemory(Method):
     def after_task(self, task):
         super().after_task(task)
         self.stored.append(task.index)
-        keys, values = [], []
-        for t in (self.stored if not self.learner.backbone_frozen else [task.index]):
-            data = self.ctx.inputs(self.ctx.stream.tasks[t], "train")
-            keys.append(self.encode(data))
-            values.append(data.labels)
-        if self.learner.backbone_frozen:
-            keys, values = [self.keys, *keys], [self.values, *values]
-        self.keys, self.values = torch.cat(keys), torch.cat(values)
+        if self.learner.backbone_frozen:        # stored features stay valid: add the new task's
+            data = self.ctx.inputs(task, "train")
+            self.keys, self.values = torch.cat([self.keys, self.encode(data)]), torch.cat([self.values, data.labels])
+            return
+        datas = [self.ctx.inputs(self.ctx.stream.tasks[t], "train") for t in self.stored]   # re-encode all
+        self.keys = torch.cat([self.encode(d) for d in datas])
+        self.values = torch.cat([d.labels for d in datas])
 
     @torch.no_grad()
     def encode(self, data) -> torch.Tensor:

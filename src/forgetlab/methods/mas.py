@@ -6,7 +6,6 @@ across tasks. Later tasks add lam * sum_i Omega_i (theta_i - theta*_i)^2.
 """
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from .base import Method, MethodConfig
@@ -32,9 +31,7 @@ class MAS(Method):
 
     def after_task(self, task):
         super().after_task(task)
-        data = self.ctx.inputs(task, "train")
-        if self.cfg.importance_examples is not None:
-            data = data.subset(torch.randperm(len(data))[: self.cfg.importance_examples])
+        data = self.ctx.training_sample(task, self.cfg.importance_examples)
         params = self.trainable()
         omega = mas_importance(lambda b: self.learner(b).logits, params, self.ctx.batches(data, 1))
         self.consolidated.merge(omega, params, decay=1.0)     # Omega accumulates over tasks

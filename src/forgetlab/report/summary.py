@@ -45,9 +45,9 @@ def lookup(results: dict, path: str) -> Any:
 
 
 def group_key(results: dict, group_by: str) -> str:
-    value = lookup(results, group_by) if "." in group_by or group_by in results else None
+    value = lookup(results.get("config", {}), group_by)
     if value is None:
-        value = lookup(results.get("config", {}), group_by)
+        value = lookup(results, group_by)
     return str(value if value is not None else lookup(results.get("config", {}), "method.name"))
 
 

@@ -23,7 +23,7 @@ def diagonal_fisher(forward: Callable[[dict], torch.Tensor], params: dict[str, t
             y = batch["labels"]
         return logp.gather(1, y[:, None]).sum()
 
-    return _mean_squared_gradients(log_likelihood, params, batches, square=True)
+    return _mean_gradient_statistic(log_likelihood, params, batches, square=True)
 
 
 def mas_importance(forward: Callable[[dict], torch.Tensor], params: dict[str, torch.nn.Parameter],
@@ -33,10 +33,11 @@ def mas_importance(forward: Callable[[dict], torch.Tensor], params: dict[str, to
         out = forward(batch)
         return out.masked_fill(torch.isinf(out), 0.0).pow(2).sum()
 
-    return _mean_squared_gradients(squared_norm, params, batches, square=False)
+    return _mean_gradient_statistic(squared_norm, params, batches, square=False)
 
 
-def _mean_squared_gradients(objective, params, batches, square: bool) -> dict[str, torch.Tensor]:
+def _mean_gradient_statistic(objective, params, batches, square: bool) -> dict[str, torch.Tensor]:
+    """Mean over batches of each gradient squared (Fisher) or in absolute value (MAS)."""
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     names, tensors = list(params), list(params.values())
     count = 0
