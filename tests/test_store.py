@@ -60,8 +60,8 @@ def test_dataset_column_falls_back_to_path_and_sequence(tmp_path):
     by_seq = _config()
     by_seq["data"] = {"sequence": ["agnews", "yelp"], "scenario": "task_incremental"}
     by_seq["backbone"] = {"arch": "gpt2-small"}
-    store.begin("p", "h", by_path, "out")
-    store.begin("s", "h", by_seq, "out")
+    store.begin("p", "h", by_path, "out/p")
+    store.begin("s", "h", by_seq, "out/s")
     assert store.get("p")["dataset"] == "data/local"
     assert (store.get("s")["dataset"], store.get("s")["backbone"]) == ("agnews+yelp", "gpt2-small")
 

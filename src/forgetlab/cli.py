@@ -82,12 +82,16 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
 
 @app.command()
 def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, grid, out"),
-          workers: int = typer.Option(1, "--workers", help="runs at a time (each in its own process)")):
+          executor: str = typer.Option("local", "--executor", help="local (processes on this machine) or ray"),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: a local instance)"),
+          workers: int = typer.Option(1, "--workers", help="local executor: runs at a time (each in its own process)"),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                                help="CPU threads per run (default: CPUs / workers locally, 1 on Ray)")):
     """Run every point of a grid (skipping those already completed in the sweep's store)."""
     from .sweep import load_sweep, run_sweep
 
     spec = load_sweep(sweep_file)
-    counts = run_sweep(spec, workers=workers)
+    counts = run_sweep(spec, executor=executor, workers=workers, threads=threads, address=address)
     out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
               f"store {spec.out / 'forgetlab.db'}")
     if counts["failed"]:

@@ -100,11 +100,16 @@ class Store:
             conn.close()
 
     def _write(self, sql: str, params: tuple) -> int:
-        """Run one statement in its own BEGIN IMMEDIATE transaction; return the rows changed."""
+        """Run one statement in its own transaction; return the rows changed."""
+        return self._write_many([(sql, params)])
+
+    def _write_many(self, statements: list[tuple[str, tuple]]) -> int:
+        """Run statements in one BEGIN IMMEDIATE transaction; return the rows the last one changed."""
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                changed = conn.execute(sql, params).rowcount
+                for sql, params in statements:
+                    changed = conn.execute(sql, params).rowcount
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -112,15 +117,17 @@ class Store:
         return changed
 
     def begin(self, run_id: str, config_hash: str, config: dict, out_dir: str) -> None:
-        """Record a run as 'running'; a resumed run replaces its earlier row."""
+        """Record a run as 'running'. A run directory holds one run: earlier rows for it (a resumed
+        run's own row, or an attempt that was killed before its first checkpoint) are replaced."""
         cols = _describe(config)
-        self._write(
-            "INSERT OR REPLACE INTO runs (run_id, status, config_hash, config, created, out_dir,"
-            " method, dataset, scenario, backbone, seed)"
-            " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, config_hash, json.dumps(config), _now(), str(out_dir),
-             cols["method"], cols["dataset"], cols["scenario"], cols["backbone"], cols["seed"]),
-        )
+        self._write_many([
+            ("DELETE FROM runs WHERE out_dir = ? AND run_id != ?", (str(out_dir), run_id)),
+            ("INSERT OR REPLACE INTO runs (run_id, status, config_hash, config, created, out_dir,"
+             " method, dataset, scenario, backbone, seed)"
+             " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             (run_id, config_hash, json.dumps(config), _now(), str(out_dir),
+              cols["method"], cols["dataset"], cols["scenario"], cols["backbone"], cols["seed"])),
+        ])
 
     def complete(self, run_id: str, results: dict) -> None:
         """Mark a run completed, storing its metrics and full results."""
@@ -165,6 +172,11 @@ class Store:
     def get(self, run_id: str) -> dict | None:
         """One run with its config and full results (None until completed), or None if unknown."""
         found = self._select("WHERE run_id = ?", (run_id,), full=True)
+        return found[0] if found else None
+
+    def for_dir(self, out_dir: str | Path) -> dict | None:
+        """The run recorded for a run directory, or None."""
+        found = self._select("WHERE out_dir = ?", (str(out_dir),))
         return found[0] if found else None
 
     def completed(self) -> list[dict]:

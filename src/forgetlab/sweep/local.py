@@ -1,49 +1,33 @@
 """The local executor: each run in its own process (clean peak-memory figures, failures contained),
-``workers`` at a time; runs whose config already completed in the store are skipped."""
+``workers`` at a time, each with its share of the CPU threads. Runs write the store themselves
+(it is safe for concurrent writers)."""
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rich.console import Console
-
-from ..config import dump_config
 from ..store import Store
-from .grid import Sweep, SweepRun
+from .jobs import Job, Progress, die_with_parent, last_line, record_failure, run_command, run_env
 
 
-def run_sweep(sweep: Sweep, workers: int = 1, console: Console | None = None) -> dict[str, int]:
-    """Run every grid point not yet completed; returns counts of done, skipped and failed runs."""
-    console = console or Console(stderr=True)
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    db = sweep.out / "forgetlab.db"
-    completed = Store(db).completed_hashes()
-    todo = [r for r in sweep.runs if r.config.hash() not in completed]
-    console.print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} already done, "
-                  f"{len(todo)} to run with {workers} worker(s); store {db}")
+def run_local(jobs: list[Job], store: Store, progress: Progress, workers: int, threads: int) -> list[bool]:
+    """Run the jobs, ``workers`` at a time; True for each that completed."""
 
-    def one(item: tuple[int, SweepRun]) -> bool:
-        k, run = item
-        run_dir = sweep.out / f"{_slug(run.label)}-seed{run.config.seed}-{run.config.hash()[:8]}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_file = run_dir / "sweep-config.yaml"
-        dump_config(run.config, config_file)
-        cmd = [sys.executable, "-m", "forgetlab.cli", "run", str(config_file), "--out", str(run_dir), "--store", str(db)]
-        if (run_dir / "checkpoint" / "state.json").is_file():
-            cmd.append("--resume")                       # an interrupted earlier attempt
-        log = run_dir / "log.txt"
+    def one(job: Job) -> bool:
+        job.write_config()
+        resume = (job.run_dir / "checkpoint" / "state.json").is_file()      # an interrupted earlier attempt
+        log = job.run_dir / "log.txt"
+        progress.started()
+        t0 = time.perf_counter()
         with open(log, "w") as fh:
-            code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        status = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
-        console.print(f"[{k + 1}/{len(todo)}] {run.label} seed={run.config.seed}: {status}")
+            code = subprocess.call(run_command(job.config_file, job.run_dir, store.path, resume), stdout=fh,
+                                   stderr=subprocess.STDOUT, env=run_env(threads), preexec_fn=die_with_parent)
+        if code != 0:
+            why = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            record_failure(store, job, f"{why}: {last_line(log.read_text(errors='replace'))}")
+        progress.finished(job, code == 0, time.perf_counter() - t0, f"(exit {code}, see {log})")
         return code == 0
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        ok = list(pool.map(one, enumerate(todo)))
-    return {"done": sum(ok), "skipped": len(sweep.runs) - len(todo), "failed": len(ok) - sum(ok)}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:80]
+        return list(pool.map(one, jobs))
