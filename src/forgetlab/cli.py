@@ -1,6 +1,8 @@
 """The ``forgetlab`` command line: run, sweep, show, export, report."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -65,19 +67,47 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
 @app.command()
 def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
            fmt: str = typer.Option("csv", "--format", help="csv or json"),
+           group_by: list[str] = typer.Option([], "--group-by", help="write the report's group summary instead of runs"),
+           where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
-    """Export every run of a store as CSV or JSON."""
+    """Export the runs of a store, or with --group-by the report's numbers (mean, 95% CI, paired tests)."""
+    from .report.summary import matches, paired_tests, parse_where, records, summarize
     from .store import Store
 
     if fmt not in ("csv", "json"):
         raise UserError(f"--format: expected csv or json, got {fmt!r}")
     if not store.is_file():
         raise UserError(f"{store}: store not found")
-    text = Store(store).export(fmt)
+    conditions = parse_where(where)
+    if not group_by:
+        text = Store(store).export(fmt, keep=lambda run: matches(run, conditions))
+    else:
+        rows = summarize(_completed(store, conditions), group_by)
+        summary = records(rows)
+        if fmt == "json":
+            text = json.dumps({"group_by": group_by, "where": conditions, "groups": summary,
+                               "paired_tests": paired_tests(rows)}, indent=2)
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(summary[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({**r, "seeds": " ".join(map(str, r["seeds"]))} for r in summary)
+            text = buffer.getvalue()
     if output:
         output.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+def _completed(store: Path, conditions: dict) -> list[dict]:
+    """The results of a store's completed runs that match ``--where``, oldest first."""
+    from .report.summary import matches
+    from .store import Store
+
+    runs = [r["results"] for r in reversed(Store(store).completed()) if matches(r["results"], conditions)]
+    if not runs:
+        raise UserError(f"{store}: no completed runs" + (" match --where" if conditions else ""))
+    return runs
 
 
 @app.command()
@@ -100,26 +130,29 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
 
 @app.command()
 def report(run_dirs: list[Path] = typer.Argument(None, help="run directories with results.json"),
-           store: Optional[Path] = typer.Option(None, "--store", help="compare every completed run of a store"),
-           group_by: str = typer.Option("name", "--group-by", help="config key that groups runs (seeds are averaged)"),
+           store: Optional[Path] = typer.Option(None, "--store", help="compare the completed runs of a store"),
+           group_by: list[str] = typer.Option(["name"], "--group-by",
+                                              help="config key(s) that group runs (seeds and orders are averaged)"),
+           where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write"),
            markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the summary table as Markdown")):
     """One run: (re)write its report.html. Several runs or a store: one comparison, mean ± 95% CI."""
     from .api import load
     from .report import write_report
     from .report.compare import write_comparison
-    from .store import Store
+    from .report.summary import matches, parse_where
 
     run_dirs = run_dirs or []
     if len(run_dirs) == 1 and store is None:
         results = load(run_dirs[0])
         out.print(f"report: {write_report(results.raw, output or run_dirs[0] / 'report.html')}")
         return
-    runs = [load(d).raw for d in run_dirs]
+    conditions = parse_where(where)
+    runs = [raw for raw in (load(d).raw for d in run_dirs) if matches(raw, conditions)]
     if store is not None:
         if not store.is_file():
             raise UserError(f"{store}: store not found")
-        runs += [r["results"] for r in reversed(Store(store).completed())]     # oldest first
+        runs += _completed(store, conditions)
     if not runs:
         raise UserError("report: no completed runs (give run directories or --store DB)")
     target = output or (store.parent if store else Path(".")) / "comparison.html"

@@ -9,7 +9,7 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from forgetlab.errors import UserError
 
@@ -189,13 +189,13 @@ class Store:
             rows = conn.execute("SELECT DISTINCT config_hash FROM runs WHERE status = 'completed'").fetchall()
         return {row[0] for row in rows}
 
-    def export(self, fmt: str) -> str:
-        """All runs as CSV (one column per metric) or as JSON (with full results)."""
-        if fmt == "json":
-            return json.dumps(self._select(full=True), indent=2)
-        if fmt != "csv":
+    def export(self, fmt: str, keep: Callable[[dict], bool] | None = None) -> str:
+        """All runs (or those ``keep`` accepts) as CSV (one column per metric) or JSON (with full results)."""
+        if fmt not in ("csv", "json"):
             raise ValueError(f"unknown export format {fmt!r}; use 'csv' or 'json'")
-        runs = self._select()
+        runs = [r for r in self._select(full=True) if keep is None or keep(r)]
+        if fmt == "json":
+            return json.dumps(runs, indent=2)
         metric_keys: list[str] = []
         for run in runs:
             for key in run["metrics"] or {}:

@@ -1,25 +1,44 @@
-"""The comparison report: runs grouped (e.g. by method), each figure as mean ± 95% CI over seeds."""
+"""The comparison report: runs grouped (e.g. by method), each figure as mean ± 95% CI over seeds and
+orders, paired tests between groups, mean accuracy matrices and accuracy curves."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from .figures import bars_with_ci_png
+from .figures import accuracy_heatmap_png, bars_with_ci_png, curves_with_ci_png
 from .html import _ENV, _data_uri
-from .summary import COLUMNS, format_cell, markdown_table, summarize
+from .summary import (COLUMNS, format_cell, incremental_curve, markdown_table, mean_matrix, paired_tests,
+                      summarize)
 
 
-def write_comparison(runs: list[dict], path: Path, group_by: str = "name", title: str = "forgetlab runs") -> str:
+def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
+                     title: str = "forgetlab runs") -> str:
     """Write the HTML comparison of completed runs (results.json dicts) to ``path``; returns its Markdown table."""
     rows = summarize(runs, group_by)
     labels = [r["group"] for r in rows]
     figures = [{"title": f"{name} (mean ± 95% CI)",
                 "uri": _data_uri(bars_with_ci_png(labels, [r[name][0] for r in rows], [r[name][1] for r in rows], name))}
                for name in ("acc", "forgetting")]
+    curves = {r["group"]: incremental_curve(r["members"]) for r in rows}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        figures.append({"title": "accuracy on the tasks seen so far, after each task (mean, 95% CI band)",
+                        "uri": _data_uri(curves_with_ci_png(curves, "tasks trained", "average accuracy on seen tasks"))})
+    matrices = []
+    for r in rows:
+        mean = mean_matrix(r["members"])
+        if mean is not None:
+            tasks = [str(t) for t in r["members"][0]["tasks"]]
+            matrices.append({"title": f"{r['group']}: mean R over {r['n']} run(s)",
+                             "uri": _data_uri(accuracy_heatmap_png(mean, tasks, f"{r['group']} (mean R)"))})
+    tests = paired_tests(rows)
     page = _ENV.get_template("compare.html").render(
-        title=title, group_by=group_by, figures=figures,
+        title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices,
         head=[t for _, t, _ in COLUMNS],
         rows=[{"group": r["group"], "n": r["n"], "seeds": ", ".join(map(str, r["seeds"])),
-               "cells": [format_cell(*r[t], d) for _, t, d in COLUMNS]} for r in rows],
+               "cells": [(format_cell(*r[t], d), r[t][0]) for _, t, d in COLUMNS]} for r in rows],
+        tests=[{**t, "cells": [format_cell(t["diff"], t["ci"], 4), format_cell(t["t"], None, 2),
+                               format_cell(t["p"], None, 4)]} for t in tests],
         runs=[{"run_id": r.get("run_id", ""), "name": r["config"].get("name") or "", "seed": r["config"].get("seed"),
                "acc": format_cell((r.get("metrics") or {}).get("acc"), None, 4)} for r in runs],
     )

@@ -77,3 +77,23 @@ def bars_with_ci_png(labels: Sequence[str], means: Sequence[float | None], cis: 
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
+
+
+def curves_with_ci_png(curves: dict[str, Sequence[tuple[float | None, float | None]]], xlabel: str,
+                       ylabel: str) -> bytes:
+    """One line per group (mean after each step) with its 95% CI as a shaded band."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, points in curves.items():
+        steps = list(range(1, len(points) + 1))
+        means = [m if m is not None else float("nan") for m, _ in points]
+        half = [c or 0.0 for _, c in points]
+        line, = ax.plot(steps, means, marker="o", markersize=3, label=_label(label))
+        ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xticks(range(1, max(len(p) for p in curves.values()) + 1))
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)

@@ -1,11 +1,17 @@
-"""Comparing runs: group them (by default by config ``name``, which a sweep sets to the grid point
-without the seed) and give each figure's mean and 95% confidence interval over the group."""
+"""Comparing runs: filter them (``--where``), group them (by default by config ``name``, which a sweep
+sets to the grid point without seed and order), and give each figure's mean and 95% confidence
+interval over the group; paired tests between groups match runs on seed and task order."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import yaml
 from scipy import stats
+
+from ..errors import UserError
 
 # (key path in results.json, column title, digits); "a - b" is a difference of two paths.
 # Train time is the run's wall time less evaluation: training plus the methods' own work between
@@ -15,12 +21,14 @@ COLUMNS = (
     ("metrics.bwt", "bwt", 4),
     ("metrics.forgetting", "forgetting", 4),
     ("metrics.avg_incremental_acc", "avg inc. acc", 4),
+    ("metrics.learning_acc", "learning acc", 4),
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
 )
+REPLICATE_PATHS = ("seed", "data.order_seed", "data.order")     # what a group averages over; pairs match on
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float | None, float | None]:
     """The mean and the half-width of its Student-t confidence interval (None for fewer than 2 values)."""
     values = [v for v in values if v is not None]
     if not values:
@@ -33,6 +41,7 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float | None
 
 
 def lookup(results: dict, path: str) -> Any:
+    """A dotted path in results.json (``metrics.acc``), or ``a - b`` for a difference of two paths."""
     if " - " in path:
         a, b = (lookup(results, p) for p in path.split(" - "))
         return None if a is None or b is None else a - b
@@ -44,31 +53,121 @@ def lookup(results: dict, path: str) -> Any:
     return node
 
 
-def group_key(results: dict, group_by: str) -> str:
-    value = lookup(results.get("config", {}), group_by)
-    if value is None:
-        value = lookup(results, group_by)
-    return str(value if value is not None else lookup(results.get("config", {}), "method.name"))
+def value_of(results: dict, key: str) -> Any:
+    """A config key (``method.name``) or else a results.json path (``status``)."""
+    value = lookup(results.get("config", {}), key)
+    return lookup(results, key) if value is None else value
 
 
-def summarize(runs: list[dict], group_by: str = "name") -> list[dict]:
-    """One row per group, in first-seen order: ``group``, ``n``, ``seeds`` and (mean, ci) per column."""
+def parse_where(items: Sequence[str]) -> dict[str, Any]:
+    """``["method.name=ewc", "seed=0"]`` -> ``{"method.name": "ewc", "seed": 0}`` (values read as YAML)."""
+    where = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--where {item!r}: expected KEY=VALUE, e.g. method.name=ewc")
+        try:
+            where[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            where[key] = raw
+    return where
+
+
+def matches(results: dict, where: dict[str, Any]) -> bool:
+    """True if every ``where`` key has the given value (compared as values, or else as text)."""
+    for key, wanted in where.items():
+        value = value_of(results, key)
+        if value != wanted and str(value) != str(wanted):
+            return False
+    return True
+
+
+def group_key(results: dict, group_by: Sequence[str]) -> str:
+    values = [value_of(results, key) for key in group_by]
+    if group_by == ["name"] and values[0] is None:
+        return str(value_of(results, "method.name"))          # runs not from a sweep: by method
+    return " · ".join(str(v) for v in values)
+
+
+def replicate(results: dict) -> tuple:
+    """What a run repeats: its seed and task order (pairs across groups match on this)."""
+    return tuple(str(value_of(results, key)) for key in REPLICATE_PATHS)
+
+
+def summarize(runs: list[dict], group_by: Sequence[str] = ("name",)) -> list[dict]:
+    """One row per group, in first-seen order: ``group``, ``n``, ``seeds``, ``members`` and (mean, ci) per column."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        groups.setdefault(group_key(r, group_by), []).append(r)
+        groups.setdefault(group_key(r, list(group_by)), []).append(r)
     rows = []
     for key, members in groups.items():
-        row = {"group": key, "n": len(members), "seeds": sorted(lookup(m, "config.seed") for m in members)}
+        row = {"group": key, "n": len(members), "seeds": sorted(value_of(m, "seed") for m in members),
+               "members": members}
         for path, title, _ in COLUMNS:
             row[title] = mean_ci([lookup(m, path) for m in members])
         rows.append(row)
     return rows
 
 
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
+    """Paired Student t-test of a - b: mean difference, its 95% CI half-width, t and the two-sided p."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, ci = mean_ci(diffs)
+    out = {"n": len(diffs), "diff": mean, "ci": ci, "t": None, "p": None}
+    if len(diffs) >= 2:
+        sd = float(np.std(diffs, ddof=1))
+        if sd > 0:
+            out["t"] = mean / (sd / math.sqrt(len(diffs)))
+            out["p"] = float(2 * stats.t.sf(abs(out["t"]), len(diffs) - 1))
+    return out
+
+
+def paired_tests(rows: list[dict], path: str = "metrics.acc") -> list[dict]:
+    """Every pair of groups compared on ``path`` over the replicates (seed, order) both groups ran."""
+    tests = []
+    for i, first in enumerate(rows):
+        for second in rows[i + 1:]:
+            a = {replicate(m): lookup(m, path) for m in first["members"]}
+            b = {replicate(m): lookup(m, path) for m in second["members"]}
+            shared = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+            if shared:
+                tests.append({"a": first["group"], "b": second["group"], "metric": path.split(".")[-1],
+                              **paired_test([a[k] for k in shared], [b[k] for k in shared])})
+    return tests
+
+
+def mean_matrix(members: list[dict], key: str = "accuracy_matrix") -> list[list[float]] | None:
+    """The element-wise mean of the group's matrices (None if they differ in shape)."""
+    matrices = [np.asarray(m[key], dtype=float) for m in members if m.get(key)]
+    if not matrices or len({x.shape for x in matrices}) != 1:
+        return None
+    return np.mean(matrices, axis=0).tolist()
+
+
+def incremental_curve(members: list[dict]) -> list[tuple[float | None, float | None]] | None:
+    """After each task i: the mean (and CI) over the group of the accuracy on the tasks seen so far."""
+    matrices = [np.asarray(m["accuracy_matrix"], dtype=float) for m in members]
+    if len({x.shape for x in matrices}) != 1:
+        return None
+    per_run = [[float(R[i, : i + 1].mean()) for i in range(R.shape[0])] for R in matrices]
+    return [mean_ci(list(step)) for step in zip(*per_run)]
+
+
 def format_cell(mean: float | None, ci: float | None, digits: int) -> str:
     if mean is None:
         return "–"
     return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
+
+
+def records(rows: list[dict]) -> list[dict]:
+    """The summary as plain records (for CSV/JSON export): mean and CI half-width per column."""
+    out = []
+    for row in rows:
+        record = {"group": row["group"], "n": row["n"], "seeds": row["seeds"]}
+        for _, title, _ in COLUMNS:
+            record[title], record[f"{title} ci95"] = row[title]
+        out.append(record)
+    return out
 
 
 def markdown_table(rows: list[dict], group_title: str = "method") -> str:
