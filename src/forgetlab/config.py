@@ -95,6 +95,15 @@ class EvalConfig(Section):
         return self
 
 
+class LogConfig(Section):
+    """Optional trackers (they never change a run's numbers, so they are not part of its hash)."""
+    tensorboard: bool = False                    # event files in <run dir>/tensorboard, or tensorboard_dir
+    tensorboard_dir: str | None = None
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = None       # None: MLFLOW_TRACKING_URI or MLflow's default
+    mlflow_experiment: str = "forgetlab"
+
+
 class Config(Section):
     seed: int = 0
     name: str | None = None
@@ -104,13 +113,14 @@ class Config(Section):
     method: dict[str, Any] = {"name": "seq"}
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """A stable hash of the resolved config: the identity of a run."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A stable hash of the resolved config (less ``log``): the identity of a run."""
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k != "log"}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

@@ -22,6 +22,7 @@ from .data.stream import Stream, Task, build_stream
 from .errors import UserError
 from .eval.evaluate import evaluate
 from .eval.metrics import all_metrics
+from .loggers import open_loggers
 from .methods import Method, method_class
 from .methods.base import Context
 from .models.backbones import build_backbone
@@ -120,9 +121,15 @@ class Engine:
         (out_dir / "results.json").unlink(missing_ok=True)
         dump_config(cfg, out_dir / "config.yaml")
         store.begin(run_id, cfg.hash(), cfg.to_dict(), str(out_dir))
+        self.loggers = []
         try:
+            self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
             results = self._run_tasks(state, ckpt_dir, out_dir)
+            for logger in self.loggers:
+                logger.finish(results)
         except BaseException as exc:
+            for logger in self.loggers:
+                logger.close(failed=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             store.fail(run_id, f"{type(exc).__name__}: {message}")
             _write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
@@ -167,6 +174,8 @@ class Engine:
             console.print(f"task {task.index + 1:>2}/{T} {task.name:<14} {stats.steps:>5} steps  "
                           f"loss {stats.loss:.4f}  {stats.examples / max(stats.seconds, 1e-9):7.0f} ex/s  "
                           f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  acc(seen) {seen_acc:.4f}")
+            for logger in self.loggers:
+                logger.task(task.index + 1, [t.name for t in stream.tasks], row, stats.loss)
             state["total_s"] = elapsed_before + time.perf_counter() - t_start
             checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
         R = np.array(state["rows"])
