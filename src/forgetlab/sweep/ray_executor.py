@@ -45,8 +45,12 @@ def run_ray(jobs: list[Job], store: Store, progress: Progress, threads: int, add
         raise UserError("--executor ray needs Ray: pip install 'forgetlab[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise UserError(f"--address {address}: could not join the Ray cluster ({last_line(str(exc))}); "
+                            "with token authentication set RAY_AUTH_MODE=token and the cluster's token "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     try:
         task = ray.remote(execute_remotely).options(num_cpus=threads, max_retries=0)
         data_dir = os.environ.get("FORGETLAB_DATA_DIR")
