@@ -31,7 +31,7 @@ def save(folder: Path, task: int, learner: Learner, method: Method, state: dict,
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, folder / "state.json")
-    for f in folder.glob("*.safetensors"):
+    for f in folder.glob("*-[0-9]*.safetensors"):             # earlier tasks' files
         if f.name not in files.values():
             f.unlink()
 

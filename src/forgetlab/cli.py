@@ -101,10 +101,12 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
 
 def _completed(store: Path, conditions: dict) -> list[dict]:
     """The results of a store's completed runs that match ``--where``, oldest first."""
-    from .report.summary import matches
+    from .report.summary import check_where, matches
     from .store import Store
 
-    runs = [r["results"] for r in reversed(Store(store).completed()) if matches(r["results"], conditions)]
+    everything = [r["results"] for r in reversed(Store(store).completed())]
+    check_where(everything, conditions)
+    runs = [r for r in everything if matches(r, conditions)]
     if not runs:
         raise UserError(f"{store}: no completed runs" + (" match --where" if conditions else ""))
     return runs
@@ -153,6 +155,7 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
         if not store.is_file():
             raise UserError(f"{store}: store not found")
         runs += _completed(store, conditions)
+    runs = list({r["run_id"]: r for r in runs}.values())     # a run given twice counts once
     if not runs:
         raise UserError("report: no completed runs (give run directories or --store DB)")
     target = output or (store.parent if store else Path(".")) / "comparison.html"

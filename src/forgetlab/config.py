@@ -85,14 +85,25 @@ class TrainConfig(Section):
     progress: bool = True
 
 
-class EvalConfig(Section):
-    probe: bool = False
+class RetentionConfig(Section):
+    """General ability of a causal LM, before the stream and after each task."""
+    corpus: str | None = "wikitext2"             # perplexity: wikitext2 (valid) or a text file; None: skip
+    max_tokens: int = Field(4096, ge=2)          # of the corpus
+    qa: str | None = "mmlu"                      # zero-shot multiple choice: mmlu or a JSONL file; None: skip
+    qa_split: str = "val"
+    max_items: int = Field(200, ge=1)
+    max_length: int = Field(256, ge=2)           # tokens per window (at most the model's positions)
 
-    @model_validator(mode="after")
-    def _probe_not_yet(self):
-        if self.probe:
-            raise ValueError("the probe matrix is not available in this version of forgetlab; set eval.probe: false")
-        return self
+
+class EvalConfig(Section):
+    probe: bool = False                          # the probe matrix P: a probe on frozen features after each task
+    probe_type: Literal["linear", "cosine", "prototype"] = "linear"
+    probe_epochs: int = Field(20, ge=1)
+    probe_lr: float = Field(1e-3, gt=0)
+    probe_batch_size: int = Field(64, ge=1)
+    cka: bool = False                            # linear CKA to the initial backbone, class overlap
+    cka_examples: int = Field(512, ge=2)         # the fixed probe set: this many test examples, spread over tasks
+    retention: RetentionConfig | None = None     # causal LMs: perplexity and zero-shot QA after each task
 
 
 class LogConfig(Section):

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 from . import __version__, checkpoint
 from .config import Config, dump_config
 from .data.sources import cache_dir
 from .data.stream import Stream, Task, build_stream
 from .errors import UserError
+from .eval.diagnoser import Diagnoser
 from .eval.evaluate import evaluate
 from .eval.metrics import all_metrics
 from .loggers import open_loggers
@@ -34,6 +36,7 @@ from .train.features import FeatureCache, encode
 from .train.loop import train_task
 
 console = Console(stderr=True, soft_wrap=True)
+CKA_REFERENCE = "cka-reference.safetensors"      # the fixed probe set's features under the initial backbone
 
 
 def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
@@ -63,6 +66,7 @@ class Engine:
         self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
         self._tokens: dict[tuple[int, str], list[list[int]]] = {}
         self._features: dict[tuple[int, str], torch.Tensor] | None = None
+        self._step_features: dict[tuple[int, str], torch.Tensor] = {}    # encoded since the backbone last trained
         self._cache: FeatureCache | None = None
 
     # -- inputs ------------------------------------------------------------------------------
@@ -92,14 +96,27 @@ class Engine:
             self._features = dict(zip(keys, torch.split(flat, [len(g) for g in texts])))
         return self._features
 
-    def test_features(self, tasks: list[Task]) -> list[torch.Tensor]:
+    def features(self, tasks: list[Task], split: str, limit: int | None = None) -> list[torch.Tensor]:
+        """Each task's features under the current backbone (its first ``limit`` examples if given),
+        kept until the backbone next trains."""
         if self.learner.backbone_frozen:
-            return [self.frozen_features()[(t.index, "test")] for t in tasks]
+            return [self.frozen_features()[(t.index, split)][:limit] for t in tasks]
         out = []
         for t in tasks:
+            key = (t.index, split)
+            if key in self._step_features:
+                out.append(self._step_features[key][:limit])
+                continue
             self.method.eval_task(t)
-            out.append(encode(self.learner.backbone, t.test_texts, self.cfg.train.eval_batch_size, self.device))
+            texts = self._texts(t, split)
+            feats = encode(self.learner.backbone, texts[:limit], self.cfg.train.eval_batch_size, self.device)
+            if limit is None or limit >= len(texts):
+                self._step_features[key] = feats
+            out.append(feats)
         return out
+
+    def test_features(self, tasks: list[Task]) -> list[torch.Tensor]:
+        return self.features(tasks, "test")
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, out_dir: Path, store: Store, resume: bool = False) -> dict:
@@ -125,35 +142,48 @@ class Engine:
         try:
             self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
             results = self._run_tasks(state, ckpt_dir, out_dir)
-            for logger in self.loggers:
-                logger.finish(results)
+            write_report(results, out_dir / "report.html")
+            _write_json(out_dir / "results.json", results)
+            store.complete(run_id, results)
         except BaseException as exc:
-            for logger in self.loggers:
-                logger.close(failed=True)
+            self._notify("close", failed=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             store.fail(run_id, f"{type(exc).__name__}: {message}")
             _write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
                                                    "status": "failed", "error": traceback.format_exc(limit=5),
                                                    "config": cfg.to_dict()})
             raise
-        write_report(results, out_dir / "report.html")
-        _write_json(out_dir / "results.json", results)
-        store.complete(run_id, results)
+        self._notify("finish", results)
         return results
+
+    def _notify(self, event: str, *args, **kwargs) -> None:
+        """Pass an event to the trackers; a tracker that fails is a warning, never a failed run."""
+        for logger in self.loggers:
+            try:
+                getattr(logger, event)(*args, **kwargs)
+            except Exception as exc:
+                console.print(f"warning: {type(logger).__name__}.{event}: {type(exc).__name__}: {exc}")
 
     def _run_tasks(self, state: dict, ckpt_dir: Path, out_dir: Path) -> dict:
         cfg, stream, learner, method = self.cfg, self.stream, self.learner, self.method
         T = len(stream.tasks)
         t_start, elapsed_before = time.perf_counter(), state.get("total_s", 0.0)
+        diagnoser = Diagnoser(cfg.eval, stream, cfg.seed, state.setdefault("diagnostics", {}))
+        reference_file = ckpt_dir / CKA_REFERENCE
         if state["baseline"] is None:
             t0 = time.perf_counter()
             state["baseline"] = evaluate(learner, stream.tasks, self.test_features, self.device)
+            if cfg.eval.cka:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                save_file({"features": diagnoser.cka_features(self.features)}, str(reference_file))
             state["eval_s"] += time.perf_counter() - t0
+        cka_reference = load_file(str(reference_file))["features"] if cfg.eval.cka else None
         for task in stream.tasks[state["completed"]:]:
             _seed_everything(cfg.seed * 1_000_003 + task.index)
             learner.begin_task(task)
             method.before_task(task)
             backbone_trained = not learner.backbone_frozen
+            self._step_features = {}
             if backbone_trained:
                 self._features = None       # the backbone will change: cached features go stale
             data = method.training_inputs(task, stream.tasks[: task.index + 1])
@@ -163,6 +193,7 @@ class Engine:
             method.after_task(task)
             t0 = time.perf_counter()
             row = evaluate(learner, stream.tasks, self.test_features, self.device)
+            diagnoser.step(task, learner, self.features, self.device, cka_reference)
             eval_s = time.perf_counter() - t0
             state["rows"].append(row)
             state["train_s"] += stats.seconds
@@ -174,11 +205,14 @@ class Engine:
             console.print(f"task {task.index + 1:>2}/{T} {task.name:<14} {stats.steps:>5} steps  "
                           f"loss {stats.loss:.4f}  {stats.examples / max(stats.seconds, 1e-9):7.0f} ex/s  "
                           f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  acc(seen) {seen_acc:.4f}")
-            for logger in self.loggers:
-                logger.task(task.index + 1, [t.name for t in stream.tasks], row, stats.loss)
+            self._notify("task", task.index + 1, [t.name for t in stream.tasks], row, stats.loss)
             state["total_s"] = elapsed_before + time.perf_counter() - t_start
             checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
         R = np.array(state["rows"])
+        probe_matrix, diagnostics = diagnoser.results(R)
+        metrics = all_metrics(R, state["baseline"])
+        if probe_matrix is not None:
+            metrics["probe_acc"] = diagnostics["summary"]["probe_acc"]
         results = {
             "forgetlab_version": __version__,
             "run_id": state["run_id"],
@@ -187,9 +221,10 @@ class Engine:
             "scenario": stream.scenario,
             "tasks": [t.name for t in stream.tasks],
             "accuracy_matrix": R.tolist(),
-            "probe_matrix": None,
+            "probe_matrix": probe_matrix,
             "baseline_accuracy": state["baseline"],
-            "metrics": all_metrics(R, state["baseline"]),
+            "metrics": metrics,
+            "diagnostics": diagnostics,
             "timing": {"train_s": state["train_s"], "eval_s": state["eval_s"],
                        "total_s": elapsed_before + time.perf_counter() - t_start},
             "task_log": state["log"],

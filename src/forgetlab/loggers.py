@@ -88,7 +88,9 @@ def open_loggers(cfg: LogConfig, run_dir: Path, run_name: str, config: dict, sta
     """The trackers the config turns on; an MLflow run id is kept in ``state`` so a resume continues it."""
     loggers = []
     if cfg.tensorboard:
-        loggers.append(TensorBoardLogger(Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else run_dir / "tensorboard"))
+        # a shared tensorboard_dir gets one subfolder per run, so a sweep's runs stay apart
+        log_dir = Path(cfg.tensorboard_dir) / run_dir.name if cfg.tensorboard_dir else run_dir / "tensorboard"
+        loggers.append(TensorBoardLogger(log_dir))
     if cfg.mlflow:
         logger = MLflowLogger(cfg, run_name, config, state.get("mlflow_run_id"))
         state["mlflow_run_id"] = logger.run_id

@@ -51,6 +51,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _dir_key(out_dir: str | Path) -> str:
+    """A run directory as the store records it: absolute, so every spelling of it is one key."""
+    return str(Path(out_dir).resolve())
+
+
 def _describe(config: dict) -> dict[str, Any]:
     """The columns denormalised from a resolved config, for filtering without parsing JSON."""
     data = config["data"]
@@ -120,6 +125,7 @@ class Store:
         """Record a run as 'running'. A run directory holds one run: earlier rows for it (a resumed
         run's own row, or an attempt that was killed before its first checkpoint) are replaced."""
         cols = _describe(config)
+        out_dir = _dir_key(out_dir)
         self._write_many([
             ("DELETE FROM runs WHERE out_dir = ? AND run_id != ?", (str(out_dir), run_id)),
             ("INSERT OR REPLACE INTO runs (run_id, status, config_hash, config, created, out_dir,"
@@ -176,7 +182,7 @@ class Store:
 
     def for_dir(self, out_dir: str | Path) -> dict | None:
         """The run recorded for a run directory, or None."""
-        found = self._select("WHERE out_dir = ?", (str(out_dir),))
+        found = self._select("WHERE out_dir = ?", (_dir_key(out_dir),))
         return found[0] if found else None
 
     def completed(self) -> list[dict]:

@@ -43,11 +43,7 @@ class GenerativeReplay(Method):
 
     # -- the language model ------------------------------------------------------------------
     def lm_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        model = self.learner.backbone.model
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        weight = out.weight if out is not None else model.get_input_embeddings().weight
-        return hidden @ weight.T
+        return self.learner.backbone.lm_logits(ids, mask)
 
     def lm_loss(self, batch: dict) -> torch.Tensor:
         """Next-token loss on ``prompt text <eos>``, over the text and the end token."""

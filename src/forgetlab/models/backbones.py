@@ -38,12 +38,22 @@ class Backbone(nn.Module):
         self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
         self.pad_id = _pad_id(tokenizer)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids, each text cut to ``max_length`` (default: the backbone's ``max_length``)."""
         if not texts:
             return []
+        max_length = max_length or self.max_length
         if isinstance(self.tokenizer, ByteTokenizer):
-            return self.tokenizer.encode_batch(texts, self.max_length)
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            return self.tokenizer.encode_batch(texts, max_length)
+        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def lm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of a causal LM: its output embedding, or its input embedding where the
+        loaded model has none (tied weights, as in GPT-2)."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        weight = out.weight if out is not None else self.model.get_input_embeddings().weight
+        return hidden @ weight.T
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

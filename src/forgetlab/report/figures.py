@@ -97,3 +97,40 @@ def curves_with_ci_png(curves: dict[str, Sequence[tuple[float | None, float | No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
+
+
+def lines_png(series: dict[str, Sequence[float | None]], xlabel: str, ylabel: str, title: str,
+              ylim: tuple[float, float] | None = (0.0, 1.05)) -> bytes:
+    """One line per series over steps 1..n (None: no point)."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    n = max(len(v) for v in series.values())
+    for label, values in series.items():
+        ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
+                marker="o", markersize=3, label=_label(label))
+    ax.set_xticks(range(1, n + 1))
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_label(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(series) <= 15 else 2)
+    return _png(fig)
+
+
+def decomposition_png(parts: Sequence[dict], tasks: Sequence[str]) -> bytes:
+    """Each old task's drop in observed accuracy as stacked bars: representation loss + classifier drift."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(parts) + 2.0), 4.0))
+    x = list(range(len(parts)))
+    rep = [p["representation_loss"] for p in parts]
+    drift = [p["classifier_drift"] for p in parts]
+    ax.bar(x, rep, color="#e45756", label="representation loss (probe drop)")
+    ax.bar(x, drift, bottom=[max(r, 0.0) if d >= 0 else min(r, 0.0) for r, d in zip(rep, drift)],
+           color="#4c78a8", label="classifier drift (the rest)")
+    ax.scatter(x, [p["observed_drop"] for p in parts], color="black", zorder=3, s=12, label="observed drop")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [_label(tasks[p["task"]]) for p in parts], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy drop, learnt → end")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)

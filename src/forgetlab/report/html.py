@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from forgetlab.report.figures import accuracy_heatmap_png, task_curves_png
+from forgetlab.report.figures import accuracy_heatmap_png, decomposition_png, lines_png, task_curves_png
 
 MISSING = "–"
 
@@ -21,6 +21,13 @@ METRICS = (
     ("fwt", "forward transfer to unseen tasks"),
     ("forgetting", "mean drop from each task's best accuracy"),
     ("intransigence", "gap to the joint model when learning each task"),
+    ("probe_acc", "final average accuracy of a probe on the frozen features"),
+)
+SUMMARY = (
+    ("across_task_acc_old", "observed accuracy on old tasks at the end (all seen classes to choose from)"),
+    ("within_task_acc_old", "the same, choosing only among each task's own classes"),
+    ("probe_acc_old", "a probe's accuracy on old tasks at the end: what the features still separate"),
+    ("newest_task_error_share", "share of old tasks' errors predicted as a class of the newest task"),
 )
 
 _ENV = jinja2.Environment(
@@ -57,7 +64,9 @@ def write_report(results: dict, path: Path) -> Path:
         figures.append(
             {"title": "Linear-probe matrix P", "uri": _data_uri(accuracy_heatmap_png(probe, tasks, "Probe accuracy P"))}
         )
+    diagnostics = _diagnostics(results, tasks)
     page = _ENV.get_template("run.html").render(
+        diagnostics=diagnostics,
         run_id=results.get("run_id", ""),
         status=results.get("status", ""),
         scenario=results.get("scenario", ""),
@@ -74,3 +83,38 @@ def write_report(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _seen_means(matrix: list[list[float | None]]) -> list[float]:
+    return [sum(row[: i + 1]) / (i + 1) for i, row in enumerate(matrix)]
+
+
+def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
+    """Figures and tables of the run's diagnostics section (None for runs without one)."""
+    d = results.get("diagnostics")
+    if not d:
+        return None
+    R, P = results["accuracy_matrix"], results.get("probe_matrix")
+    series = {"observed (R)": _seen_means(R), "within-task": _seen_means(d["within_task_matrix"])}
+    if P is not None:
+        series["probe (P)"] = _seen_means(P)
+    figures = [{"title": "Average accuracy on the tasks seen so far: observed, within-task and probe",
+                "uri": _data_uri(lines_png(series, "tasks trained", "accuracy on seen tasks", "learn or recall?"))}]
+    if d.get("decomposition"):
+        figures.append({"title": "Each old task's drop: representation loss + classifier drift",
+                        "uri": _data_uri(decomposition_png(d["decomposition"], tasks))})
+    if d.get("cka_to_initial"):
+        figures.append({"title": "Linear CKA of a fixed probe set's features to the initial backbone's",
+                        "uri": _data_uri(lines_png({"CKA": d["cka_to_initial"]}, "tasks trained", "linear CKA",
+                                                   "representation drift"))})
+    norms = d["head_row_norms"]
+    figures.append({"title": "Mean norm of each task's classifier rows after each task",
+                    "uri": _data_uri(lines_png({tasks[j]: [row[j] for row in norms] for j in range(len(tasks))},
+                                               "tasks trained", "row norm", "classifier rows", ylim=None))})
+    return {
+        "summary": [(k, _fmt(d["summary"].get(k)), about) for k, about in SUMMARY if k in d["summary"]],
+        "figures": figures,
+        "decomposition": [(tasks[p["task"]], _fmt(p["observed_drop"]), _fmt(p["representation_loss"]),
+                           _fmt(p["classifier_drift"])) for p in d.get("decomposition") or []],
+    }
+

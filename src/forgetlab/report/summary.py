@@ -74,12 +74,22 @@ def parse_where(items: Sequence[str]) -> dict[str, Any]:
 
 
 def matches(results: dict, where: dict[str, Any]) -> bool:
-    """True if every ``where`` key has the given value (compared as values, or else as text)."""
-    for key, wanted in where.items():
-        value = value_of(results, key)
-        if value != wanted and str(value) != str(wanted):
-            return False
-    return True
+    """True if every ``where`` key has the given value (as numbers where both read as numbers, else as text)."""
+    return all(_same(value_of(results, key), wanted) for key, wanted in where.items())
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return value == wanted or str(value) == str(wanted)
+
+
+def check_where(runs: list[dict], where: dict[str, Any]) -> None:
+    """A ``--where`` key no run has is a typo, not an empty selection."""
+    for key in where:
+        if runs and all(value_of(r, key) is None for r in runs):
+            raise UserError(f"--where {key}: no run has this key")
 
 
 def group_key(results: dict, group_by: Sequence[str]) -> str:
@@ -123,17 +133,26 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | Non
 
 
 def paired_tests(rows: list[dict], path: str = "metrics.acc") -> list[dict]:
-    """Every pair of groups compared on ``path`` over the replicates (seed, order) both groups ran."""
+    """Every pair of groups compared on ``path`` over the replicates (seed, order) both groups ran
+    (a group that ran a replicate several times, e.g. with other keys varied, counts its mean)."""
     tests = []
     for i, first in enumerate(rows):
         for second in rows[i + 1:]:
-            a = {replicate(m): lookup(m, path) for m in first["members"]}
-            b = {replicate(m): lookup(m, path) for m in second["members"]}
-            shared = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+            a, b = _by_replicate(first["members"], path), _by_replicate(second["members"], path)
+            shared = [k for k in a if k in b]
             if shared:
                 tests.append({"a": first["group"], "b": second["group"], "metric": path.split(".")[-1],
                               **paired_test([a[k] for k in shared], [b[k] for k in shared])})
     return tests
+
+
+def _by_replicate(members: list[dict], path: str) -> dict[tuple, float]:
+    """The group's value for each (seed, order): the mean where the group ran it more than once."""
+    values: dict[tuple, list[float]] = {}
+    for m in members:
+        if lookup(m, path) is not None:
+            values.setdefault(replicate(m), []).append(lookup(m, path))
+    return {k: sum(v) / len(v) for k, v in values.items()}
 
 
 def mean_matrix(members: list[dict], key: str = "accuracy_matrix") -> list[list[float]] | None:

@@ -24,8 +24,7 @@ import yaml
 
 from ..config import Config, load_config
 from ..errors import UserError
-
-REPLICATE_KEYS = ("seed", "data.order_seed", "data.order")    # what a report averages over
+from ..report.summary import REPLICATE_PATHS                   # what a report averages over
 
 
 @dataclass
@@ -77,7 +76,7 @@ def load_sweep(path: Path) -> Sweep:
     for values in itertools.product(*grid.values()):
         for extra in tuples:
             point = {**dict(zip(grid, values)), **extra}
-            label = _label({k: v for k, v in point.items() if k not in REPLICATE_KEYS}) or name
+            label = _label({k: v for k, v in point.items() if k not in REPLICATE_PATHS}) or name
             try:
                 cfg = load_config({**base, "name": label}, overrides=point)
             except UserError as exc:

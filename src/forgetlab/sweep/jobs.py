@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,24 +56,35 @@ def run_env(threads: int) -> dict[str, str]:
     return env
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: on Linux the run is killed when the process that started it dies (a killed
-    sweep driver leaves no orphan run writing to the store); elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None     # looked up before any fork
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: on Linux the run is killed when the process that started it dies (a killed
+    sweep driver leaves no orphan run writing to the store); elsewhere a no-op. It only calls
+    async-signal-safe functions, as a child forked from a threaded parent must."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+            if os.getppid() != parent:            # the parent died before the signal was set
+                os._exit(1)
+
+    return preexec
 
 
 def record_failure(store: Store, job: Job, error: str) -> None:
     """Mark a job failed when its process ended without doing so itself (killed, crashed, bad exit)."""
     row = store.for_dir(job.run_dir)
-    if row is not None and row["status"] == "failed":
-        return
-    if row is None or row["status"] == "completed":
+    if row is not None and row["status"] == "completed":
+        return                                  # it finished before the process went wrong: keep it
+    if row is None:
         run_id = f"failed-{job.config.hash()[:8]}-{int(time.time())}"
         store.begin(run_id, job.config.hash(), job.config.to_dict(), str(job.run_dir))
     else:
         run_id = row["run_id"]
-    store.fail(run_id, error)
+    store.fail(run_id, error)                   # a retry's new error replaces the old one
 
 
 def last_line(text: str) -> str:

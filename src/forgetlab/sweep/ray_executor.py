@@ -28,7 +28,7 @@ def execute_remotely(config_yaml: str, threads: int, data_dir: str | None) -> di
             env["FORGETLAB_DATA_DIR"] = data_dir
         cmd = run_command(config_file, run_dir, Path(tmp) / "scratch.db", resume=False)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent())
         files = {}
         if run_dir.is_dir():
             files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
@@ -52,6 +52,9 @@ def run_ray(jobs: list[Job], store: Store, progress: Progress, threads: int, add
                             "with token authentication set RAY_AUTH_MODE=token and the cluster's token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     try:
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if threads > largest:
+            raise UserError(f"--threads {threads}: no node of the Ray cluster has that many CPUs (largest: {largest:g})")
         task = ray.remote(execute_remotely).options(num_cpus=threads, max_retries=0)
         data_dir = os.environ.get("FORGETLAB_DATA_DIR")
         data_dir = str(Path(data_dir).resolve()) if data_dir else None
@@ -76,13 +79,20 @@ def run_ray(jobs: list[Job], store: Store, progress: Progress, threads: int, add
 
 
 def _collect(ray, ref, job: Job, store: Store, progress: Progress) -> bool:
-    """Write a finished task's run directory on the driver and record the run in the store."""
+    """Record a finished task; whatever goes wrong marks this run failed and the sweep goes on."""
     try:
-        out = ray.get(ref)
-    except Exception as exc:                                  # the task itself died (node lost, OOM)
-        record_failure(store, job, f"Ray task failed: {type(exc).__name__}: {last_line(str(exc))}")
-        progress.finished(job, False, 0.0, "(Ray task failed)")
+        return _write_back(ray.get(ref), job, store, progress)
+    except Exception as exc:                                  # the task died (node lost, OOM) or its output was bad
+        record_failure(store, job, f"{type(exc).__name__}: {last_line(str(exc))}")
+        progress.finished(job, False, 0.0, f"({type(exc).__name__})")
         return False
+
+
+def _write_back(out: dict, job: Job, store: Store, progress: Progress) -> bool:
+    """Write a task's run directory under the driver's output root and record the run in the store."""
+    for old in job.run_dir.rglob("*"):                        # files of an earlier attempt
+        if old.is_file() and old != job.config_file:
+            old.unlink()
     for rel, data in out["files"].items():
         target = job.run_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
