@@ -12,7 +12,7 @@ from scipy import stats
 from forgetlab.cli import main
 from forgetlab.errors import UserError
 from forgetlab.report.compare import write_comparison
-from forgetlab.report.summary import (incremental_curve, matches, mean_matrix, paired_test, paired_tests,
+from forgetlab.report.summary import (check_where, incremental_curve, matches, mean_matrix, paired_test, paired_tests,
                                       parse_where, summarize)
 from forgetlab.store import Store
 
@@ -111,3 +111,16 @@ def test_cli_report_and_export_filter_and_group(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 2 and "no completed runs match --where" in capsys.readouterr().err
+
+
+def test_repeated_replicates_in_a_group_count_once_as_their_mean_and_where_compares_numbers():
+    # group "seq" ran seed 0 twice (e.g. two learning rates): its seed-0 value is their mean
+    runs = [fake_run("seq", 0, 0.2), fake_run("seq", 0, 0.4), fake_run("seq", 1, 0.5),
+            fake_run("ewc", 0, 0.6), fake_run("ewc", 1, 0.9)]
+    [test] = paired_tests(summarize(runs))
+    assert test["n"] == 2 and test["diff"] == pytest.approx(((0.3 - 0.6) + (0.5 - 0.9)) / 2)
+    run = fake_run("x", 0, 0.1)
+    run["config"]["train"] = {"lr": 0.001}
+    assert matches(run, parse_where(["train.lr=1e-3"])) and not matches(run, parse_where(["train.lr=1e-2"]))
+    with pytest.raises(UserError, match="--where train.lrr: no run has this key"):
+        check_where([run], {"train.lrr": 1})

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 import multiprocessing
 import sqlite3
 
@@ -95,7 +96,7 @@ def test_export_csv_and_json(tmp_path):
     assert [r["run_id"] for r in rows] == ["b", "a"]
     a = rows[1]
     assert (a["status"], a["method"], a["seed"], a["config_hash"], a["out_dir"]) == (
-        "completed", "replay", "1", "ha", "out/a")
+        "completed", "replay", "1", "ha", str(Path("out/a").resolve()))     # directories stored absolute
     assert float(a["acc"]) == 0.123456789
     assert float(a["bwt"]) == -0.0625
     assert float(a["fwt"]) == 0.125
@@ -142,3 +143,12 @@ def test_two_processes_write_concurrently(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_a_run_directory_holds_one_row_however_it_is_spelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "s.db")
+    store.begin("old", "h", _config(), "runs/x")                        # killed before its first checkpoint
+    store.begin("new", "h", _config(), str(tmp_path / "runs" / "x"))    # the same directory, run again
+    assert [r["run_id"] for r in store.runs()] == ["new"]
+    assert store.for_dir("./runs/x")["run_id"] == "new"

@@ -159,3 +159,19 @@ def test_ray_executor_gives_the_local_executors_numbers(tmp_path, capsys):
         assert results["status"] == "completed"
     assert run_sweep(remote, executor="ray") == {"done": 0, "skipped": 4, "failed": 0}
     assert not ray.is_initialized()                       # the sweep stopped the instance it started
+
+
+def test_a_run_that_completed_is_kept_whatever_its_process_did_next(tmp_path):
+    from forgetlab.sweep.jobs import Job, record_failure
+
+    sweep = load_sweep(write_sweep(tmp_path, {"seed": [0]}))
+    job = Job(sweep.runs[0].label, sweep.runs[0].config, tmp_path / "out" / "r")
+    store = Store(tmp_path / "s.db")
+    store.begin("r1", job.config.hash(), job.config.to_dict(), str(job.run_dir))
+    store.fail("r1", "exit 1: first reason")
+    record_failure(store, job, "exit 2: second reason")                 # a retry's error replaces the old one
+    assert store.for_dir(job.run_dir)["error"] == "exit 2: second reason"
+    store.begin("r2", job.config.hash(), job.config.to_dict(), str(job.run_dir))
+    store.complete("r2", {"metrics": {"acc": 0.5}})
+    record_failure(store, job, "killed by signal 9: ")                  # after completing: keep the result
+    assert [(r["run_id"], r["status"]) for r in store.runs()] == [("r2", "completed")]
