@@ -91,3 +91,73 @@ def test_a_run_with_probe_and_cka_writes_p_and_the_diagnostics(tmp_path):
     assert d["newest_task_error_share"][0] is None and 0 <= d["newest_task_error_share"][-1] <= 1
     assert len(d["head_row_norms"]) == T and len(d["head_row_norms"][0]) == T
     assert d["summary"]["across_task_acc_old"] == pytest.approx(R[-1, :-1].mean())
+
+
+def tiny_lm():
+    from forgetlab.config import BackboneConfig
+    from forgetlab.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    return build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=64)).eval()
+
+
+def direct_logprobs(backbone, ids: list[int]) -> torch.Tensor:
+    """Log-probabilities of one unpadded sequence, straight from the model's hidden states and its
+    (tied) token embedding."""
+    with torch.no_grad():
+        hidden = backbone.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return (hidden @ backbone.model.get_input_embeddings().weight.T).log_softmax(-1)
+
+
+def test_perplexity_matches_a_direct_computation_from_the_logits():
+    from forgetlab.eval.retention import perplexity
+
+    lm, texts = tiny_lm(), ["The cat sat on the mat.", "Dogs bark at night!", "A third, longer line of text here."]
+    ids = [b + 3 for b in "\n".join(texts).encode()][:50]        # the byte tokenizer: byte + 3, BOS dropped
+    nll, count = 0.0, 0
+    for start in range(0, 50, 16):                                # windows of 16 tokens, the last one short
+        window = ids[start: start + 16]
+        logp = direct_logprobs(lm, window)
+        nll -= sum(float(logp[p - 1, window[p]]) for p in range(1, len(window)))
+        count += len(window) - 1
+    with torch.no_grad():
+        assert perplexity(lm, texts, window=16, max_tokens=50, device=torch.device("cpu")) == pytest.approx(
+            float(np.exp(nll / count)), rel=1e-5)
+
+
+def test_log_likelihood_scoring_picks_the_choice_with_the_highest_summed_log_probability():
+    from forgetlab.eval.retention import choice_logprobs, qa_accuracy
+
+    lm, context = tiny_lm(), "Question: which?\nAnswer:"
+    choices = ["red", "a much longer answer", "xyz", "no"]
+    ctx = [1] + [b + 3 for b in context.encode()]
+    expected = []
+    for choice in choices:
+        cont = [b + 3 for b in (" " + choice).encode()]
+        logp = direct_logprobs(lm, ctx + cont)
+        expected.append(sum(float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(cont)))
+    with torch.no_grad():
+        got = choice_logprobs(lm, context, choices, window=64, device=torch.device("cpu"))
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-4)
+    best = int(np.argmax(expected))
+    items = [{"question": "which?", "choices": choices, "answer": best},
+             {"question": "which?", "choices": choices, "answer": (best + 1) % 4}]
+    with torch.no_grad():
+        assert qa_accuracy(lm, items, window=64, device=torch.device("cpu")) == 0.5
+
+
+def test_retention_is_measured_before_the_stream_and_after_each_task(tmp_path):
+    retention = {"max_tokens": 200, "max_items": 8, "max_length": 32}
+    results = run(tiny_config(eval={"retention": retention}), out=tmp_path / "run", store=tmp_path / "s.db")
+    r = results.raw["diagnostics"]["retention"]
+    T = len(results.tasks)
+    assert len(r["perplexity"]) == len(r["qa_accuracy"]) == T + 1
+    assert all(p > 1 for p in r["perplexity"]) and all(0 <= a <= 1 for a in r["qa_accuracy"])
+    assert results.raw["diagnostics"]["summary"]["perplexity_ratio"] == pytest.approx(r["perplexity"][-1] / r["perplexity"][0])
+
+
+def test_retention_on_an_encoder_is_a_user_error(tmp_path):
+    from forgetlab.errors import UserError
+
+    with pytest.raises(UserError, match="eval.retention: measures a causal LM's general ability"):
+        run(tiny_config(backbone={"arch": "bert"}, eval={"retention": {}}), out=tmp_path / "r", store=tmp_path / "s.db")

@@ -60,6 +60,8 @@ class Engine:
         if method_cls.needs_causal_lm and not backbone.causal:
             raise UserError(f"method.name: {method_cls.name} needs a causal LM backbone; "
                             f"{backbone.source} is an encoder (use backbone.arch: gpt2 or a causal LM)")
+        if cfg.eval.retention and not backbone.causal:
+            raise UserError(f"eval.retention: measures a causal LM's general ability; {backbone.source} is an encoder")
         self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed)
         ctx = Context(self.stream, self.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed)
         self.method: Method = method_cls(method_cfg, self.learner, ctx)
@@ -173,6 +175,7 @@ class Engine:
         if state["baseline"] is None:
             t0 = time.perf_counter()
             state["baseline"] = evaluate(learner, stream.tasks, self.test_features, self.device)
+            diagnoser.before_stream(learner, self.device)
             if cfg.eval.cka:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 save_file({"features": diagnoser.cka_features(self.features)}, str(reference_file))

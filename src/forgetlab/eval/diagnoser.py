@@ -15,6 +15,7 @@ from ..data.stream import Stream, Task
 from ..models.learner import Learner
 from .diagnostics import decomposition, error_share, linear_cka, trace_overlap, within_task_accuracy
 from .probe import fit_probe
+from .retention import Retention
 
 Features = Callable[..., list[torch.Tensor]]      # (tasks, split, limit=None) -> one tensor per task
 
@@ -23,10 +24,17 @@ class Diagnoser:
     def __init__(self, cfg: EvalConfig, stream: Stream, seed: int, state: dict):
         self.cfg, self.stream, self.seed = cfg, stream, seed
         self.state = state
-        for key in ("within_task", "newest_task_error_share", "head_row_norms", "probe", "cka", "class_overlap"):
+        for key in ("within_task", "newest_task_error_share", "head_row_norms", "probe", "cka", "class_overlap",
+                    "retention"):
             state.setdefault(key, [])
+        self.retention = Retention(cfg.retention) if cfg.retention else None
         T = len(stream.tasks)
         self.cka_per_task = math.ceil(cfg.cka_examples / T)
+
+    def before_stream(self, learner: Learner, device: torch.device) -> None:
+        """Figures of the initial model: general-ability retention's first row."""
+        if self.retention:
+            self.state["retention"].append(self.retention.measure(learner.backbone, device))
 
     # -- CKA's fixed probe set: the first examples of every task's test set ------------------------
     def cka_features(self, features: Features) -> torch.Tensor:
@@ -56,6 +64,8 @@ class Diagnoser:
         self.state["head_row_norms"].append([float(weight[t.classes].norm(dim=1).mean()) for t in tasks])
         if self.cfg.probe:
             self.state["probe"].append(self._probe_row(task, learner, features, test, device))
+        if self.retention:
+            self.state["retention"].append(self.retention.measure(learner.backbone, device))
         if self.cfg.cka:
             self.state["cka"].append(linear_cka(cka_reference, self.cka_features(features)))
             self.state["class_overlap"].append([trace_overlap(test[t.index], test[i]) if t.index < i else None
@@ -97,5 +107,15 @@ class Diagnoser:
         out = {"summary": summary, "within_task_matrix": s["within_task"],
                "newest_task_error_share": s["newest_task_error_share"], "head_row_norms": s["head_row_norms"],
                "decomposition": decomposition(R, P) if P is not None else None,
-               "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None}
+               "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None,
+               "retention": None}
+        if s["retention"]:
+            rows = s["retention"]           # row 0: before the stream; row i: after task i
+            out["retention"] = {"corpus": self.cfg.retention.corpus, "qa": self.cfg.retention.qa,
+                                "perplexity": [r["perplexity"] for r in rows],
+                                "qa_accuracy": [r["qa_accuracy"] for r in rows]}
+            if rows[0]["perplexity"]:
+                summary["perplexity_ratio"] = rows[-1]["perplexity"] / rows[0]["perplexity"]
+            if rows[0]["qa_accuracy"] is not None:
+                summary["qa_accuracy_change"] = rows[-1]["qa_accuracy"] - rows[0]["qa_accuracy"]
         return P, out

@@ -100,14 +100,14 @@ def curves_with_ci_png(curves: dict[str, Sequence[tuple[float | None, float | No
 
 
 def lines_png(series: dict[str, Sequence[float | None]], xlabel: str, ylabel: str, title: str,
-              ylim: tuple[float, float] | None = (0.0, 1.05)) -> bytes:
-    """One line per series over steps 1..n (None: no point)."""
+              ylim: tuple[float, float] | None = (0.0, 1.05), start: int = 1) -> bytes:
+    """One line per series over steps start, start+1, ... (None: no point)."""
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     n = max(len(v) for v in series.values())
     for label, values in series.items():
-        ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
+        ax.plot(range(start, start + len(values)), [float("nan") if v is None else v for v in values],
                 marker="o", markersize=3, label=_label(label))
-    ax.set_xticks(range(1, n + 1))
+    ax.set_xticks(range(start, start + n))
     if ylim:
         ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)

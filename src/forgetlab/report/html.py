@@ -28,6 +28,8 @@ SUMMARY = (
     ("within_task_acc_old", "the same, choosing only among each task's own classes"),
     ("probe_acc_old", "a probe's accuracy on old tasks at the end: what the features still separate"),
     ("newest_task_error_share", "share of old tasks' errors predicted as a class of the newest task"),
+    ("perplexity_ratio", "general-corpus perplexity after the stream / before it (causal LMs)"),
+    ("qa_accuracy_change", "zero-shot multiple-choice accuracy after the stream − before it"),
 )
 
 _ENV = jinja2.Environment(
@@ -107,6 +109,13 @@ def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
         figures.append({"title": "Linear CKA of a fixed probe set's features to the initial backbone's",
                         "uri": _data_uri(lines_png({"CKA": d["cka_to_initial"]}, "tasks trained", "linear CKA",
                                                    "representation drift"))})
+    retention = d.get("retention")
+    for key, what in (("perplexity", f"perplexity on {(retention or {}).get('corpus')}"),
+                      ("qa_accuracy", f"zero-shot accuracy on {(retention or {}).get('qa')}")):
+        if retention and retention[key][0] is not None:
+            figures.append({"title": f"General ability: {what}, before the stream (0) and after each task",
+                            "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
+                                                       ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
     norms = d["head_row_norms"]
     figures.append({"title": "Mean norm of each task's classifier rows after each task",
                     "uri": _data_uri(lines_png({tasks[j]: [row[j] for row in norms] for j in range(len(tasks))},
