@@ -386,8 +386,10 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
 
 
 
-def test_probe_request_is_refused_clearly_until_probing_exists():
+def test_bad_probe_settings_are_refused_clearly():
     from forgetlab.config import load_config
 
-    with pytest.raises(UserError, match="eval.probe"):
-        load_config({"backbone": {"arch": "gpt2"}, "data": {"name": "clinc150"}, "eval": {"probe": True}})
+    with pytest.raises(UserError, match="eval.probe_type"):
+        load_config({"backbone": {"arch": "gpt2"}, "data": {"name": "clinc150"}, "eval": {"probe": True, "probe_type": "mlp"}})
+    with pytest.raises(UserError, match="eval.probe_epochs"):
+        load_config({"backbone": {"arch": "gpt2"}, "data": {"name": "clinc150"}, "eval": {"probe_epochs": 0}})

@@ -22,6 +22,7 @@ COLUMNS = (
     ("metrics.forgetting", "forgetting", 4),
     ("metrics.avg_incremental_acc", "avg inc. acc", 4),
     ("metrics.learning_acc", "learning acc", 4),
+    ("metrics.probe_acc", "probe acc", 4),
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
 )
