@@ -135,6 +135,17 @@ class Config(Section):
         return hashlib.sha256(blob).hexdigest()
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested settings as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"train.epochs=2"`` -> ``("train.epochs", 2)``; the value is read as YAML."""
     if "=" not in item:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .config import LogConfig
+from .config import LogConfig, flatten
 from .errors import UserError
 
 
@@ -62,7 +62,7 @@ class MLflowLogger:
         mlflow.set_experiment(cfg.mlflow_experiment)
         self.run = mlflow.start_run(run_id=mlflow_run_id, run_name=None if mlflow_run_id else run_name)
         if mlflow_run_id is None:
-            mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config).items()})
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(config).items()})
 
     @property
     def run_id(self) -> str:
@@ -102,15 +102,6 @@ def _key(name: str) -> str:
     """MLflow metric names allow letters, digits, ``_-./`` and spaces."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _markdown_matrix(tasks: list[str], R: list[list[float]]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, load_config
+from ..config import Config, flatten, load_config
 from ..errors import UserError
 from ..report.summary import REPLICATE_PATHS                   # what a report averages over
 
@@ -93,19 +93,9 @@ def _label(point: dict[str, Any]) -> str:
     parts = []
     for key, value in point.items():
         if isinstance(value, dict):
-            inner = {k: v for k, v in _flatten(value).items() if k != "name"}
+            inner = {k: v for k, v in flatten(value).items() if k != "name"}
             head = value.get("name", key)
             parts.append(f"{head}({', '.join(f'{k}={v}' for k, v in inner.items())})" if inner else str(head))
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
