@@ -106,7 +106,7 @@ def direct_logprobs(backbone, ids: list[int]) -> torch.Tensor:
     (tied) token embedding."""
     with torch.no_grad():
         hidden = backbone.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
-    return (hidden @ backbone.model.get_input_embeddings().weight.T).log_softmax(-1)
+        return (hidden @ backbone.model.get_input_embeddings().weight.T).log_softmax(-1)
 
 
 def test_perplexity_matches_a_direct_computation_from_the_logits():
@@ -161,3 +161,16 @@ def test_retention_on_an_encoder_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="eval.retention: measures a causal LM's general ability"):
         run(tiny_config(backbone={"arch": "bert"}, eval={"retention": {}}), out=tmp_path / "r", store=tmp_path / "s.db")
+
+
+def test_per_layer_probes_and_the_last_layer_equals_the_main_probe(tmp_path):
+    results = run(tiny_config(eval={"probe": True, "probe_layers": [0, -1]}), out=tmp_path / "run",
+                  store=tmp_path / "s.db")
+    by_layer = results.raw["diagnostics"]["probe_matrix_by_layer"]
+    assert set(by_layer) == {"0", "-1"}
+    assert np.allclose(by_layer["-1"], results.raw["probe_matrix"], atol=1e-6)   # the same features, the same probe
+    assert results.raw["diagnostics"]["summary"]["probe_acc_by_layer"]["-1"] == pytest.approx(results.metrics["probe_acc"])
+    from forgetlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"eval.probe_layers: \[7\] out of range for a 1-layer backbone"):
+        run(tiny_config(eval={"probe_layers": [7]}), out=tmp_path / "bad", store=tmp_path / "s.db")

@@ -101,6 +101,7 @@ class EvalConfig(Section):
     probe_epochs: int = Field(20, ge=1)
     probe_lr: float = Field(1e-3, gt=0)
     probe_batch_size: int = Field(64, ge=1)
+    probe_layers: list[int] | None = None        # also probe these hidden states (0: embeddings, -1: last layer)
     cka: bool = False                            # linear CKA to the initial backbone, class overlap
     cka_examples: int = Field(512, ge=2)         # the fixed probe set: this many test examples, spread over tasks
     retention: RetentionConfig | None = None     # causal LMs: perplexity and zero-shot QA after each task

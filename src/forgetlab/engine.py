@@ -27,12 +27,12 @@ from .eval.metrics import all_metrics
 from .loggers import open_loggers
 from .methods import Method, method_class
 from .methods.base import Context
-from .models.backbones import build_backbone
+from .models.backbones import LSTMEncoder, build_backbone
 from .models.learner import Learner
 from .report import write_report
 from .store import Store
 from .train.batching import Inputs
-from .train.features import FeatureCache, encode
+from .train.features import FeatureCache, encode, encode_layers
 from .train.loop import train_task
 
 console = Console(stderr=True, soft_wrap=True)
@@ -60,6 +60,13 @@ class Engine:
         if method_cls.needs_causal_lm and not backbone.causal:
             raise UserError(f"method.name: {method_cls.name} needs a causal LM backbone; "
                             f"{backbone.source} is an encoder (use backbone.arch: gpt2 or a causal LM)")
+        if cfg.eval.probe_layers and isinstance(backbone.model, LSTMEncoder):
+            raise UserError("eval.probe_layers: the LSTM backbone has no per-layer hidden states to probe")
+        if cfg.eval.probe_layers:
+            depth = len(backbone.layer_groups()) - 1          # hidden states: embeddings + one per layer
+            bad = [k for k in cfg.eval.probe_layers if not -(depth + 1) <= k <= depth]
+            if bad:
+                raise UserError(f"eval.probe_layers: {bad} out of range for a {depth}-layer backbone (0..{depth}, or negative)")
         if cfg.eval.retention and not backbone.causal:
             raise UserError(f"eval.retention: measures a causal LM's general ability; {backbone.source} is an encoder")
         self.learner = Learner(backbone, head_cfg, self.stream, seed=cfg.seed)
@@ -69,6 +76,7 @@ class Engine:
         self._tokens: dict[tuple[int, str], list[list[int]]] = {}
         self._features: dict[tuple[int, str], torch.Tensor] | None = None
         self._step_features: dict[tuple[int, str], torch.Tensor] = {}    # encoded since the backbone last trained
+        self._layer_memo: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
         self._cache: FeatureCache | None = None
 
     # -- inputs ------------------------------------------------------------------------------
@@ -116,6 +124,16 @@ class Engine:
                 self._step_features[key] = feats
             out.append(feats)
         return out
+
+    def layer_features(self, tasks: list[Task], split: str) -> dict[int, list[torch.Tensor]]:
+        """Each task's features at every ``eval.probe_layers`` hidden state, kept until the backbone next trains."""
+        layers = self.cfg.eval.probe_layers
+        for t in tasks:
+            if (t.index, split) not in self._layer_memo:
+                self.method.eval_task(t)
+                self._layer_memo[(t.index, split)] = encode_layers(
+                    self.learner.backbone, self._texts(t, split), layers, self.cfg.train.eval_batch_size, self.device)
+        return {k: [self._layer_memo[(t.index, split)][k] for t in tasks] for k in layers}
 
     def test_features(self, tasks: list[Task]) -> list[torch.Tensor]:
         return self.features(tasks, "test")
@@ -186,7 +204,7 @@ class Engine:
             learner.begin_task(task)
             method.before_task(task)
             backbone_trained = not learner.backbone_frozen
-            self._step_features = {}
+            self._step_features, self._layer_memo = {}, {}
             if backbone_trained:
                 self._features = None       # the backbone will change: cached features go stale
             data = method.training_inputs(task, stream.tasks[: task.index + 1])
@@ -196,7 +214,7 @@ class Engine:
             method.after_task(task)
             t0 = time.perf_counter()
             row = evaluate(learner, stream.tasks, self.test_features, self.device)
-            diagnoser.step(task, learner, self.features, self.device, cka_reference)
+            diagnoser.step(task, learner, self.features, self.device, cka_reference, self.layer_features)
             eval_s = time.perf_counter() - t0
             state["rows"].append(row)
             state["train_s"] += stats.seconds

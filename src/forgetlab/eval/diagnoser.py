@@ -25,7 +25,7 @@ class Diagnoser:
         self.cfg, self.stream, self.seed = cfg, stream, seed
         self.state = state
         for key in ("within_task", "newest_task_error_share", "head_row_norms", "probe", "cka", "class_overlap",
-                    "retention"):
+                    "retention", "probe_layers"):
             state.setdefault(key, [])
         self.retention = Retention(cfg.retention) if cfg.retention else None
         T = len(stream.tasks)
@@ -42,7 +42,7 @@ class Diagnoser:
 
     @torch.inference_mode()
     def step(self, task: Task, learner: Learner, features: Features, device: torch.device,
-             cka_reference: torch.Tensor | None) -> None:
+             cka_reference: torch.Tensor | None, layer_features: Callable | None = None) -> None:
         tasks, i = self.stream.tasks, task.index
         seen = tasks[: i + 1]
         test = dict(zip((t.index for t in seen), features(seen, "test")))
@@ -63,7 +63,10 @@ class Diagnoser:
         weight = learner.head.weight().detach().float().cpu()
         self.state["head_row_norms"].append([float(weight[t.classes].norm(dim=1).mean()) for t in tasks])
         if self.cfg.probe:
-            self.state["probe"].append(self._probe_row(task, learner, features, test, device))
+            self.state["probe"].append(self._probe_row(task, learner, features))
+        if self.cfg.probe_layers:
+            self.state["probe_layers"].append({str(layer): self._probe_row(task, learner, _one_layer(layer_features, layer))
+                                               for layer in self.cfg.probe_layers})
         if self.retention:
             self.state["retention"].append(self.retention.measure(learner.backbone, device))
         if self.cfg.cka:
@@ -71,7 +74,7 @@ class Diagnoser:
             self.state["class_overlap"].append([trace_overlap(test[t.index], test[i]) if t.index < i else None
                                                 for t in tasks])
 
-    def _probe_row(self, task: Task, learner: Learner, features: Features, test: dict, device) -> list[float]:
+    def _probe_row(self, task: Task, learner: Learner, features: Features) -> list[float]:
         """Fit a probe on the training features of every task seen so far; its accuracy on each task."""
         seen = self.stream.tasks[: task.index + 1]
         x = torch.cat(features(seen, "train"))
@@ -86,7 +89,7 @@ class Diagnoser:
             if not mask[t.classes].any():
                 row.append(0.0)                   # none of its classes known yet: as R, 0
                 continue
-            feats = test[t.index] if t.index in test else features([t], "test")[0]
+            feats = features([t], "test")[0]      # encoded once per step by the engine
             pred = probe.scores(feats.float()).masked_fill(~mask, float("-inf")).argmax(-1)
             row.append(float((pred == torch.tensor(t.test_labels)).float().mean()))
         return row
@@ -104,7 +107,11 @@ class Diagnoser:
         if P is not None:
             summary["probe_acc"] = float(np.mean(P[-1]))
             summary["probe_acc_old"] = float(np.mean([P[-1][j] for j in old])) if T > 1 else None
-        out = {"summary": summary, "within_task_matrix": s["within_task"],
+        by_layer = None
+        if s["probe_layers"]:
+            by_layer = {layer: [row[layer] for row in s["probe_layers"]] for layer in s["probe_layers"][0]}
+            summary["probe_acc_by_layer"] = {layer: float(np.mean(P_l[-1])) for layer, P_l in by_layer.items()}
+        out = {"summary": summary, "probe_matrix_by_layer": by_layer, "within_task_matrix": s["within_task"],
                "newest_task_error_share": s["newest_task_error_share"], "head_row_norms": s["head_row_norms"],
                "decomposition": decomposition(R, P) if P is not None else None,
                "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None,
@@ -119,3 +126,8 @@ class Diagnoser:
             if rows[0]["qa_accuracy"] is not None:
                 summary["qa_accuracy_change"] = rows[-1]["qa_accuracy"] - rows[0]["qa_accuracy"]
         return P, out
+
+
+def _one_layer(layer_features: Callable, layer: int) -> Features:
+    """A ``features`` function for one hidden layer, from one that returns every probed layer."""
+    return lambda tasks, split, limit=None: [f[:limit] for f in layer_features(tasks, split)[layer]]

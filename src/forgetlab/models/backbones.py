@@ -60,6 +60,13 @@ class Backbone(nn.Module):
         hidden = hidden[:, hidden.size(1) - input_ids.size(1):]    # drop virtual tokens prompt tuning prepends
         return pool(hidden, attention_mask, self.pooling)
 
+    def layer_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       layers: list[int]) -> list[torch.Tensor]:
+        """Pooled features of the given hidden states (0: the embeddings; negative counts from the end)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        states = out.hidden_states
+        return [pool(states[k][:, states[k].size(1) - input_ids.size(1):], attention_mask, self.pooling) for k in layers]
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom-up: the embeddings first, then one group per layer."""
         layers = _layer_list(self.model)

@@ -102,6 +102,11 @@ def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
         series["probe (P)"] = _seen_means(P)
     figures = [{"title": "Average accuracy on the tasks seen so far: observed, within-task and probe",
                 "uri": _data_uri(lines_png(series, "tasks trained", "accuracy on seen tasks", "learn or recall?"))}]
+    if d.get("probe_matrix_by_layer"):
+        layers = {f"layer {k}": _seen_means(P_k) for k, P_k in d["probe_matrix_by_layer"].items()}
+        figures.append({"title": "Probe accuracy on the tasks seen so far, by hidden layer",
+                        "uri": _data_uri(lines_png(layers, "tasks trained", "probe accuracy on seen tasks",
+                                                   "probes by layer"))})
     if d.get("decomposition"):
         figures.append({"title": "Each old task's drop: representation loss + classifier drift",
                         "uri": _data_uri(decomposition_png(d["decomposition"], tasks))})

@@ -32,6 +32,22 @@ def encode(backbone: Backbone, texts: list[str], batch_size: int, device: torch.
     return out
 
 
+@torch.inference_mode()
+def encode_layers(backbone: Backbone, texts: list[str], layers: list[int], batch_size: int,
+                  device: torch.device) -> dict[int, torch.Tensor]:
+    """Features [N, dim] of the texts at each of the given hidden layers, in input order."""
+    was_training = backbone.training
+    backbone.eval()
+    tokens = backbone.tokenize(texts)
+    out = {k: torch.empty(len(texts), backbone.dim) for k in layers}
+    for idx in length_sorted_batches([len(t) for t in tokens], batch_size):
+        ids, mask = pad([tokens[i] for i in idx.tolist()], backbone.pad_id)
+        for k, feats in zip(layers, backbone.layer_features(ids.to(device), mask.to(device), layers)):
+            out[k][idx] = feats.float().cpu()
+    backbone.train(was_training)
+    return out
+
+
 def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
