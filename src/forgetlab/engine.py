@@ -60,9 +60,9 @@ class Engine:
         if method_cls.needs_causal_lm and not backbone.causal:
             raise UserError(f"method.name: {method_cls.name} needs a causal LM backbone; "
                             f"{backbone.source} is an encoder (use backbone.arch: gpt2 or a causal LM)")
-        if cfg.eval.probe_layers and isinstance(backbone.model, LSTMEncoder):
-            raise UserError("eval.probe_layers: the LSTM backbone has no per-layer hidden states to probe")
         if cfg.eval.probe_layers:
+            if isinstance(backbone.model, LSTMEncoder):
+                raise UserError("eval.probe_layers: the LSTM backbone has no per-layer hidden states to probe")
             depth = len(backbone.layer_groups()) - 1          # hidden states: embeddings + one per layer
             bad = [k for k in cfg.eval.probe_layers if not -(depth + 1) <= k <= depth]
             if bad:
