@@ -136,6 +136,10 @@ class Config(Section):
         return hashlib.sha256(blob).hexdigest()
 
 
+# The keys a run repeats over: sweep labels leave them out, reports average over them and pair on them.
+REPLICATE_PATHS = ("seed", "data.order_seed", "data.order")
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested settings as dotted keys."""
     out: dict[str, Any] = {}

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from ..config import REPLICATE_PATHS
 from ..errors import UserError
 
 # (key path in results.json, column title, digits); "a - b" is a difference of two paths.
@@ -26,7 +27,6 @@ COLUMNS = (
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
 )
-REPLICATE_PATHS = ("seed", "data.order_seed", "data.order")     # what a group averages over; pairs match on
 
 
 def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float | None, float | None]:

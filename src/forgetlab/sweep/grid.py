@@ -22,9 +22,8 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, flatten, load_config
+from ..config import REPLICATE_PATHS, Config, flatten, load_config
 from ..errors import UserError
-from ..report.summary import REPLICATE_PATHS                   # what a report averages over
 
 
 @dataclass
