@@ -1,4 +1,4 @@
-"""The ``forgetlab`` command line: run, sweep, show, export, report."""
+"""The ``forgetlab`` command line: run, sweep, show, export, report, pretrain, infer."""
 from __future__ import annotations
 
 import csv
@@ -164,6 +164,23 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
         markdown.write_text(table)
     sys.stdout.write(table)
     out.print(f"report: {target}")
+
+
+@app.command()
+def pretrain(config: Path = typer.Argument(..., help="pretraining YAML: corpus, tokenizer, model, train"),
+             set_: list[str] = typer.Option([], "--set", help="override a key: --set model.size=medium"),
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the config's out)")):
+    """Train a small causal LM from scratch on a corpus; safetensors checkpoints with validation perplexity."""
+    from .config import load_pretrain_config, parse_override
+    from .train.pretrain import pretrain as run_pretrain
+
+    cfg = load_pretrain_config(config, dict(parse_override(s) for s in set_))
+    record = run_pretrain(cfg, out_dir)
+    table = Table("step", "tokens", "train loss", "valid perplexity", "checkpoint", title="pretrain checkpoints")
+    for c in record["checkpoints"]:
+        table.add_row(str(c["step"]), f"{c['tokens']:,}", f"{c['train_loss']:.4f}", f"{c['valid_perplexity']:.2f}",
+                      escape(c["path"]))
+    _print_table(table)
 
 
 def _print_table(table: Table) -> None:

@@ -136,6 +136,68 @@ class Config(Section):
         return hashlib.sha256(blob).hexdigest()
 
 
+class CorpusConfig(Section):
+    """The text a language model is pretrained on."""
+    name: str | None = None                      # built-in corpus: gutenberg_nltk or tinyshakespeare
+    path: str | None = None                      # or a folder (train.txt, valid.txt), a .txt file or a .jsonl of texts
+    valid_path: str | None = None                # validation text (default: the folder's valid.txt, else a held-out tail)
+    valid_fraction: float = Field(0.05, gt=0, lt=1)   # share of documents (or of a single text) held out
+    text_field: str = "text"                     # the field of a .jsonl line that holds its text
+    max_train_chars: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.path is None):
+            raise ValueError("set exactly one of corpus.name (a built-in corpus) or corpus.path")
+        return self
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(4096, ge=300)        # byte-level BPE: 256 bytes, 2 special tokens, the merges
+    min_frequency: int = Field(2, ge=1)
+
+
+class LMConfig(Section):
+    arch: Literal["gpt2", "moe"] = "gpt2"        # GPT-2-style Transformer, or a Mixtral-style mixture of experts
+    size: str = "small"                          # width/depth preset (see models/lm_families.py)
+    seq_len: int = Field(256, ge=8)
+    experts: int = Field(4, ge=2)                # moe: experts per layer
+    experts_per_token: int = Field(2, ge=1)      # moe: experts each token is routed to
+
+
+class PretrainTrainConfig(Section):
+    steps: int | None = Field(None, ge=1)        # optimizer steps; or epochs over the training tokens
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)   # cosine decay to lr × this
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    save_steps: list[int] = []                   # checkpoints at these steps; the last step is always saved
+    eval_tokens: int = Field(65536, ge=16)       # validation tokens for each checkpoint's perplexity
+    num_threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.steps or train.epochs")
+        return self
+
+
+class PretrainConfig(Section):
+    seed: int = 0
+    corpus: CorpusConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: LMConfig = LMConfig()
+    train: PretrainTrainConfig
+    out: str | None = None                       # default runs/pretrain/<arch>-<size>-seed<seed>
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 # The keys a run repeats over: sweep labels leave them out, reports average over them and pair on them.
 REPLICATE_PATHS = ("seed", "data.order_seed", "data.order")
 
@@ -178,13 +240,12 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     return raw
 
 
-def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML file (or take a dict/Config), apply overrides, validate, and resolve the method's keys."""
-    lines: dict[tuple, int | str] = {}   # key path -> its line in the file, or the --set that gave it
+def read_yaml(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> tuple[dict, str, dict]:
+    """A YAML file (or a dict) with ``--set`` overrides applied: ``(raw, where, lines)``, where ``lines``
+    maps each key path to its line in the file, or to ``"--set"`` for an overridden key."""
+    lines: dict[tuple, int | str] = {}
     where = "config"
-    if isinstance(source, Config):
-        raw = source.to_dict()
-    elif isinstance(source, dict):
+    if isinstance(source, dict):
         raw = source
     else:
         path = Path(source)
@@ -203,14 +264,25 @@ def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | 
             raise UserError(f"{path}: the config must be a mapping of sections")
     if overrides:
         raw = apply_overrides(raw, overrides)
-        for key in overrides:     # an overridden value comes from --set, not from the file's line
+        for key in overrides:
             path = tuple(key.split("."))
             lines = {k: v for k, v in lines.items() if k[: len(path)] != path}
             lines[path] = "--set"
+    return raw, where, lines
+
+
+def validate(model: type[BaseModel], raw: dict, where: str, lines: dict) -> Any:
+    """``model.model_validate(raw)``, its first error as one :class:`UserError` line."""
     try:
-        cfg = Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_describe(exc, Config, where, lines)) from None
+        raise UserError(_describe(exc, model, where, lines)) from None
+
+
+def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or take a dict/Config), apply overrides, validate, and resolve the method's keys."""
+    raw, where, lines = read_yaml(source.to_dict() if isinstance(source, Config) else source, overrides)
+    cfg = validate(Config, raw, where, lines)
     from .methods import method_class  # late import: methods import config
 
     name = cfg.method.get("name")
@@ -227,6 +299,11 @@ def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | 
         raise UserError(_describe(exc, cls.Config, where, lines, prefix=("method",))) from None
     cfg.method = method_cfg.model_dump(mode="json")
     return cfg
+
+
+def load_pretrain_config(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> PretrainConfig:
+    """A ``forgetlab pretrain`` config, validated; errors name the file, line and key."""
+    return validate(PretrainConfig, *read_yaml(source, overrides))
 
 
 def _at(where: str, lines: dict[tuple, int | str], loc: tuple) -> str:

@@ -1,10 +1,6 @@
 """One run: config -> stream -> for each task (hooks, train, evaluate) -> metrics, outputs, store."""
 from __future__ import annotations
 
-import json
-import os
-import platform
-import random
 import shutil
 import time
 import traceback
@@ -30,6 +26,7 @@ from .methods.base import Context
 from .models.backbones import LSTMEncoder, build_backbone
 from .models.learner import Learner
 from .report import write_report
+from .runtime import environment, pick_device, seed_everything, write_json
 from .store import Store
 from .train.batching import Inputs
 from .train.features import FeatureCache, encode, encode_layers
@@ -50,8 +47,8 @@ class Engine:
         self.cfg = cfg
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = _device(cfg.train.device)
-        _seed_everything(cfg.seed)
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.seed)
         self.stream: Stream = build_stream(cfg.data, cfg.seed)
         method_cls = method_class(cfg.method["name"])
         method_cfg = method_cls.Config.model_validate(cfg.method)
@@ -163,13 +160,13 @@ class Engine:
             self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
             results = self._run_tasks(state, ckpt_dir, out_dir)
             write_report(results, out_dir / "report.html")
-            _write_json(out_dir / "results.json", results)
+            write_json(out_dir / "results.json", results)
             store.complete(run_id, results)
         except BaseException as exc:
             self._notify("close", failed=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             store.fail(run_id, f"{type(exc).__name__}: {message}")
-            _write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
+            write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
                                                    "status": "failed", "error": traceback.format_exc(limit=5),
                                                    "config": cfg.to_dict()})
             raise
@@ -200,7 +197,7 @@ class Engine:
             state["eval_s"] += time.perf_counter() - t0
         cka_reference = load_file(str(reference_file))["features"] if cfg.eval.cka else None
         for task in stream.tasks[state["completed"]:]:
-            _seed_everything(cfg.seed * 1_000_003 + task.index)
+            seed_everything(cfg.seed * 1_000_003 + task.index)
             learner.begin_task(task)
             method.before_task(task)
             backbone_trained = not learner.backbone_frozen
@@ -250,17 +247,9 @@ class Engine:
                        "total_s": elapsed_before + time.perf_counter() - t_start},
             "task_log": state["log"],
             "resources": _resources(self.device),
-            "environment": _environment(cfg, self.device),
+            "environment": environment(cfg.seed, self.device),
         }
         return results
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 def _resources(device: torch.device) -> dict:
@@ -272,25 +261,5 @@ def _resources(device: torch.device) -> dict:
     return {"peak_rss_mib": rss_kib / 1024, "peak_cuda_mib": cuda}
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _new_run_id(cfg: Config) -> str:
     return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{cfg.hash()[:8]}"
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _environment(cfg: Config, device: torch.device) -> dict:
-    import transformers
-
-    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "forgetlab": __version__,
-            "device": str(device), "threads": torch.get_num_threads(), "seed": cfg.seed}
