@@ -2,5 +2,6 @@
 __version__ = "0.1.0"
 
 from .api import Results, load, run  # noqa: E402
+from .inference import infer  # noqa: E402
 
-__all__ = ["Results", "load", "run", "__version__"]
+__all__ = ["Results", "infer", "load", "run", "__version__"]

@@ -183,6 +183,38 @@ def pretrain(config: Path = typer.Argument(..., help="pretraining YAML: corpus, 
     _print_table(table)
 
 
+@app.command()
+def infer(model: str = typer.Option(..., "--model", help="a causal LM: a local folder or a hub id"),
+          suspect: Path = typer.Option(..., "--suspect", help="texts that may have been trained on (.jsonl or .txt)"),
+          reference: Path = typer.Option(..., "--reference", help="texts known not to be (same distribution)"),
+          n: Optional[int] = typer.Option(None, "--n", help="texts per side (default: all the smaller side has)"),
+          out_dir: Path = typer.Option(Path("runs/infer"), "--out", help="folder for inference.json and report.html"),
+          seed: int = typer.Option(0, "--seed", help="the sample, the splits and the perturbations"),
+          repeats: int = typer.Option(1, "--repeats", min=1, help="random splits, p-values combined"),
+          ref_model: list[str] = typer.Option([], "--ref-model", help="a reference LM for ratio features, repeatable"),
+          max_length: int = typer.Option(512, "--max-length", min=2, help="tokens scored per text"),
+          batch_size: int = typer.Option(16, "--batch-size", min=1),
+          alpha: float = typer.Option(0.05, "--alpha", help="significance level of the verdict"),
+          device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+          trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run the model repo's own code")):
+    """Dataset inference: did this model train on the suspect texts? A p-value from many weak signals."""
+    from .inference import infer as run_infer
+
+    result = run_infer(model, suspect, reference, n=n, seed=seed, repeats=repeats, references=ref_model,
+                       max_length=max_length, batch_size=batch_size, device=device, alpha=alpha,
+                       trust_remote_code=trust_remote_code, out=out_dir)
+    raw = result.raw
+    table = Table("p-value", "effect size", "texts per side", "verdict", title=escape(f"dataset inference: {model}"))
+    table.add_row(f"{raw['p_value']:.3g}", f"{raw['effect_size']:.3f}", str(raw["n"]), raw["verdict"])
+    _print_table(table)
+    features = Table("feature", "AUC", title="single features (0.5: no signal)")
+    for name, value in raw["feature_auc"].items():
+        features.add_row(name, f"{value:.3f}")
+    _print_table(features)
+    out.print(f"results: {out_dir / 'inference.json'}")
+    out.print(f"report:  {out_dir / 'report.html'}")
+
+
 def _print_table(table: Table) -> None:
     """Fitted to the window on a terminal; piped or captured (scripts read it), at its natural width, no cell cut."""
     if out.is_terminal:

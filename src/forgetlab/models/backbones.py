@@ -169,14 +169,14 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"backbone.name: cannot load '{cfg.name}': {first}") from None
-    causal = cfg.kind == "causal_lm" or (cfg.kind == "auto" and _is_causal(hf_cfg))
+    causal = cfg.kind == "causal_lm" or (cfg.kind == "auto" and is_causal_config(hf_cfg))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling = cfg.pooling or ("last" if causal else "mean")
     return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, causal=causal)
 
 
-def _is_causal(hf_cfg) -> bool:
+def is_causal_config(hf_cfg) -> bool:
     archs = getattr(hf_cfg, "architectures", None) or []
     return bool(getattr(hf_cfg, "is_decoder", False)) or any("CausalLM" in a or "LMHead" in a for a in archs)
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
 
 Matrix = Sequence[Sequence[float]]
 
@@ -133,4 +134,29 @@ def decomposition_png(parts: Sequence[dict], tasks: Sequence[str]) -> bytes:
     ax.set_ylabel("accuracy drop, learnt → end")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def score_histogram_png(suspect: Sequence[float], reference: Sequence[float]) -> bytes:
+    """Dataset inference: the aggregated scores of the held-out halves, suspect against reference."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.histogram_bin_edges(np.concatenate([suspect, reference]), bins=30)
+    ax.hist(reference, bins=bins, alpha=0.6, label="reference (non-members)", color="tab:blue")
+    ax.hist(suspect, bins=bins, alpha=0.6, label="suspect", color="tab:red")
+    ax.set_xlabel("aggregated membership score")
+    ax.set_ylabel("texts")
+    ax.legend(frameon=False)
+    return _png(fig)
+
+
+def p_by_size_png(sizes: Sequence[int], p_values: Sequence[float], alpha: float) -> bytes:
+    """Dataset inference: the p-value as the number of texts per side grows (log scales)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(sizes, np.clip(p_values, 1e-300, 1), marker="o")
+    ax.axhline(alpha, color="grey", linestyle="--", label=f"α = {alpha}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("texts per side")
+    ax.set_ylabel("p-value")
+    ax.legend(frameon=False)
     return _png(fig)
