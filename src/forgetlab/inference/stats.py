@@ -80,12 +80,16 @@ class SplitTest:
     reference_scores: np.ndarray
 
 
+def split_halves(n: int, seed: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fitting indices, testing indices) of one side's ``n`` rows: a seeded shuffle, cut in half."""
+    order = np.random.default_rng([seed, side]).permutation(n)
+    return order[: n // 2], order[n // 2:]
+
+
 def split_test(suspect: np.ndarray, reference: np.ndarray, seed: int, l2: float = 1.0) -> SplitTest:
-    """Shuffle each side by ``seed``, fit on the first halves, test on the second halves."""
-    rng = np.random.default_rng(seed)
-    s, r = suspect[rng.permutation(len(suspect))], reference[rng.permutation(len(reference))]
-    s_fit, s_test = s[: len(s) // 2], s[len(s) // 2:]
-    r_fit, r_test = r[: len(r) // 2], r[len(r) // 2:]
+    """Fit the normaliser and aggregator on the first halves, test the second halves."""
+    (s_fit, s_test), (r_fit, r_test) = split_halves(len(suspect), seed, 0), split_halves(len(reference), seed, 1)
+    s_fit, s_test, r_fit, r_test = suspect[s_fit], suspect[s_test], reference[r_fit], reference[r_test]
     norm = Normaliser().fit(np.vstack([s_fit, r_fit]))
     X = norm.transform(np.vstack([s_fit, r_fit]))
     y = np.concatenate([np.ones(len(s_fit)), np.zeros(len(r_fit))])

@@ -1,0 +1,241 @@
+"""Dataset inference: each feature against a direct computation on a tiny model, the statistics
+against scipy and hand values, no leakage from the tested halves, and the CLI's errors and outputs."""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from conftest import SHARED_DATA
+from test_cli import cli
+from forgetlab.config import LMConfig
+from forgetlab.inference import infer
+from forgetlab.inference.features import CausalLM, feature_names, max_k, min_k, perturb, text_features, zlib_ratio
+from forgetlab.inference.stats import (Normaliser, auc, combine_p, fit_logistic, split_halves, split_test,
+                                       welch_t_test)
+from forgetlab.models.bpe import train_bpe
+from forgetlab.models.lm_families import build_lm
+
+TEXTS = ["First Citizen: Before we proceed any further, hear me speak.", "All: Speak, speak.",
+         "You are all resolved rather to die than to famish?"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A nano GPT-2 with a BPE tokenizer, saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("lm")
+    tok = train_bpe([(SHARED_DATA / "tinyshakespeare" / "train.txt").read_text()[:50_000]], vocab_size=400)
+    torch.manual_seed(0)
+    model = build_lm(LMConfig(size="nano", seq_len=64), len(tok), tok.pad_token_id, tok.convert_tokens_to_ids("<|endoftext|>"))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def direct_logprobs(lm: CausalLM, text: str) -> np.ndarray:
+    """log p(token_t | before) for one unpadded text, start token first."""
+    ids = torch.tensor([lm.start + lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logp = lm.model(input_ids=ids).logits[0].log_softmax(-1)
+    return np.array([float(logp[t - 1, ids[0, t]]) for t in range(1, ids.size(1))])
+
+
+def test_batched_token_logprobs_equal_direct_unpadded_ones(tiny_lm):
+    lm = CausalLM(str(tiny_lm), batch_size=3, device="cpu")
+    got = lm.token_logprobs(TEXTS)
+    for text, lp in zip(TEXTS, got):
+        want = direct_logprobs(lm, text)
+        assert len(lp) == len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        np.testing.assert_allclose(lp, want, atol=1e-5)
+
+
+def test_min_k_max_k_zlib_by_hand():
+    logp = np.array([-1.0, -2.0, -3.0, -4.0])
+    assert min_k(logp, 0.5) == -3.5 and max_k(logp, 0.5) == -1.5
+    assert min_k(logp, 0.1) == -4.0 and max_k(logp, 0.1) == -1.0     # ceil(0.4) = 1 token
+    assert zlib_ratio(logp, "abc") == pytest.approx(2.5 / len(zlib.compress(b"abc")))
+
+
+def test_feature_matrix_columns_match_direct_computations(tiny_lm):
+    lm = CausalLM(str(tiny_lm), device="cpu")
+    ref = CausalLM(str(tiny_lm), device="cpu")
+    X = text_features(lm, TEXTS, [ref], seed=7)
+    names = feature_names(1)
+    assert X.shape == (3, len(names))
+    col = {n: X[:, j] for j, n in enumerate(names)}
+    for i, text in enumerate(TEXTS):
+        lp = direct_logprobs(lm, text)
+        assert col["log_ppl"][i] == pytest.approx(-lp.mean(), abs=1e-5)
+        k = max(1, math.ceil(0.2 * len(lp)))
+        assert col["min_k_20"][i] == pytest.approx(np.sort(lp)[:k].mean(), abs=1e-5)
+        assert col["max_k_20"][i] == pytest.approx(np.sort(lp)[-k:].mean(), abs=1e-5)
+        lower = direct_logprobs(lm, text.lower())
+        assert col["pert_lowercase"][i] == pytest.approx(-lower.mean() + lp.mean(), abs=1e-5)
+        swapped = perturb(TEXTS, "swap", 7)[i]
+        assert col["pert_swap"][i] == pytest.approx(-direct_logprobs(lm, swapped).mean() + lp.mean(), abs=1e-5)
+    np.testing.assert_allclose(col["ref_0"], 0.0, atol=1e-6)          # the same model as reference
+
+
+def test_perturbations_do_what_they_say():
+    text = "Speak speak speak speak speak speak"
+    assert perturb([text], "uppercase", 0) == [text.upper()]
+    assert perturb([text], "whitespace", 0) == [text.replace(" ", "  ")]
+    swapped, = perturb([text * 5], "swap", 0)
+    assert sorted(swapped) == sorted(text * 5) and swapped != text * 5
+    deleted, = perturb([text * 5], "delete", 0)
+    assert len(deleted) < len(text * 5)
+    assert perturb([text], "delete", 3) == perturb([text], "delete", 3)          # seeded
+
+
+def test_welch_t_test_matches_scipy():
+    a = np.array([2.1, 3.4, 1.9, 5.6, 4.4, 3.3])
+    b = np.array([1.0, 2.2, 0.4, 1.7, 2.9])
+    t, df, p = welch_t_test(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    va, vb = a.var(ddof=1) / 6, b.var(ddof=1) / 5
+    assert df == pytest.approx((va + vb) ** 2 / (va**2 / 5 + vb**2 / 4))
+
+
+def test_auc_by_hand():
+    # pairs (3,1) win, (3,3) tie, (4,1) win, (4,3) win: 3.5 of 4
+    assert auc(np.array([3.0, 4.0]), np.array([1.0, 3.0])) == 0.875
+    assert auc(np.array([0.0]), np.array([1.0])) == 0.0
+
+
+def test_normaliser_clips_at_quantiles_then_standardises():
+    X = np.arange(101, dtype=float)[:, None]              # 0..100: 1% and 99% quantiles are 1 and 99
+    norm = Normaliser(0.01).fit(X)
+    assert (norm.low[0], norm.high[0]) == (1.0, 99.0)
+    clipped = np.clip(X, 1, 99)
+    np.testing.assert_allclose(norm.transform(np.array([[-50.0], [50.0]])),
+                               (np.array([[1.0], [50.0]]) - clipped.mean()) / clipped.std())
+
+
+def test_logistic_aggregator_reaches_the_penalised_optimum():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(float)
+    w = fit_logistic(X, y, l2=2.0)
+    A = np.hstack([np.ones((60, 1)), X])
+    p = 1 / (1 + np.exp(-A @ w))
+    grad = A.T @ (p - y) + 2.0 * np.r_[0.0, w[1:]]
+    assert np.abs(grad).max() < 1e-8
+    assert w[1] > 0 and abs(w[1]) > abs(w[2]) and abs(w[1]) > abs(w[3])
+
+
+def test_combine_p_is_twice_the_median_capped_at_one():
+    assert combine_p([0.01, 0.02, 0.5]) == pytest.approx(0.04)
+    assert combine_p([0.6, 0.7]) == 1.0
+    assert combine_p([0.3]) == 0.3
+
+
+def test_aggregator_sees_only_the_first_halves():
+    rng = np.random.default_rng(1)
+    S, R = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    base = split_test(S, R, seed=3)
+    (s_fit, s_test), (r_fit, r_test) = split_halves(40, 3, 0), split_halves(40, 3, 1)
+    S2, R2 = S.copy(), R.copy()
+    S2[s_test] += 5.0                                      # change only the tested halves
+    R2[r_test] *= 3.0
+    moved = split_test(S2, R2, seed=3)
+    np.testing.assert_array_equal(moved.weights, base.weights)
+    assert moved.p_value != base.p_value
+
+
+def test_a_signal_only_in_the_fitting_halves_is_not_detected():
+    """Had the test scored the halves the aggregator was fitted on, this planted signal would give p ≈ 0."""
+    rng = np.random.default_rng(2)
+    S, R = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    (s_fit, _), (r_fit, _) = split_halves(200, 0, 0), split_halves(200, 0, 1)
+    S[s_fit, 0] += 2.0
+    assert split_test(S, R, seed=0).p_value > 0.05
+    S2, R2 = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    S2[:, 0] += 1.0                                         # a real shift, in both halves
+    assert split_test(S2, R2, seed=0).p_value < 0.01
+
+
+def test_null_features_give_calibrated_p_values():
+    rng = np.random.default_rng(3)
+    ps = [split_test(rng.normal(size=(60, 17)), rng.normal(size=(60, 17)), seed=s).p_value for s in range(200)]
+    assert 0.02 <= np.mean(np.array(ps) < 0.05) <= 0.09       # 200 draws: 5% ± about 3 points
+    assert 0.4 <= np.median(ps) <= 0.6
+
+
+def write_texts(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_memorised_texts_are_detected_and_outputs_written(tmp_path):
+    """A nano GPT trained many epochs on 40 texts: those texts against 40 unseen ones."""
+    from forgetlab.config import load_pretrain_config
+    from forgetlab.data.corpus import chunk_text
+    from forgetlab.train.pretrain import pretrain
+
+    texts = chunk_text((SHARED_DATA / "tinyshakespeare" / "train.txt").read_text()[:60_000], 200)[:80]
+    members = write_texts(tmp_path / "members.jsonl", texts[:40])
+    others = write_texts(tmp_path / "others.jsonl", texts[40:])
+    cfg = load_pretrain_config({"corpus": {"path": str(members), "valid_path": str(others)},
+                                "tokenizer": {"vocab_size": 400}, "model": {"size": "tiny", "seq_len": 64},
+                                "train": {"epochs": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 10}})
+    model = pretrain(cfg, tmp_path / "pt")["checkpoints"][-1]["path"]
+    res = infer(model, members, others, n=40, out=tmp_path / "out")
+    assert res.p_value < 0.01 and res.effect_size > 0.5
+    assert res.feature_auc["log_ppl"] < 0.3                # members: lower perplexity
+    raw = json.loads((tmp_path / "out" / "inference.json").read_text())
+    assert raw["p_value"] == res.p_value and raw["n"] == 40 and raw["verdict"] == "member"
+    assert [s["n"] for s in raw["p_by_size"]] == [10, 20, 40]
+    assert len(raw["scores"]["suspect"]) == 20                # the tested half
+    assert "p-value" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_cli_writes_a_page_with_escaped_names(tiny_lm, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "<b>data"
+    folder.mkdir()
+    texts = chunk = [f"line {i}: {TEXTS[i % 3]}" for i in range(24)]
+    sus = write_texts(folder / "s.jsonl", chunk[:12])
+    ref = write_texts(folder / "r.jsonl", texts[12:])
+    code, out, err = cli(monkeypatch, capsys, "infer", "--model", tiny_lm, "--suspect", sus, "--reference", ref,
+                         "--out", tmp_path / "o", "--repeats", "3")
+    assert code == 0, err
+    assert "p-value" in out and "log_ppl" in out
+    raw = json.loads((tmp_path / "o" / "inference.json").read_text())
+    assert len(raw["split_p_values"]) == 3 and raw["p_value"] == combine_p(raw["split_p_values"])
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "&lt;b&gt;data" in page and "<b>data" not in page
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("few", "--n 50: the suspect set has only 12 texts"),
+    ("empty", "s.jsonl:3: empty text"),
+    ("encoder", "not a causal LM (BertModel)"),
+    ("missing", "nothing.jsonl: file not found"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_lm, tmp_path, monkeypatch, capsys, case, expect):
+    from transformers import BertConfig
+
+    rows = [f"text number {i}" for i in range(12)]
+    if case == "empty":
+        rows[2] = "  "
+    sus = tmp_path / "s.jsonl"
+    sus.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    ref = write_texts(tmp_path / "r.jsonl", [f"other {i}" for i in range(12)])
+    model = tiny_lm
+    if case == "encoder":
+        model = tmp_path / "bert"
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                   architectures=["BertModel"]).save_pretrained(str(model))
+    args = ["infer", "--model", model, "--suspect", tmp_path / "nothing.jsonl" if case == "missing" else sus,
+            "--reference", ref, "--out", tmp_path / "o"]
+    if case == "few":
+        args += ["--n", "50"]
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and expect in err
+    assert not (tmp_path / "o" / "inference.json").exists()
