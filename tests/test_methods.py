@@ -38,7 +38,7 @@ def test_ewc_empirical_fisher_penalty_and_gradient_match_the_formula():
         p = softmax([w[0] * x, w[1] * x])
         for c in range(2):
             fisher[c] += (x * ((c == y) - p[c])) ** 2 / len(xs)
-    [(importance, anchor)] = ewc.consolidated.terms
+    importance, anchor = ewc.consolidated.importance, ewc.consolidated.center
     assert importance["head.weights.0"].flatten().tolist() == pytest.approx(fisher, rel=1e-5)
     assert anchor["head.weights.0"].flatten().tolist() == pytest.approx(w)
 
@@ -61,7 +61,7 @@ def test_ewc_true_fisher_is_x2_p0_p1_in_expectation():
     torch.manual_seed(0)
     ewc.after_task(stream.tasks[0])
     p0, p1 = softmax([0.4 * x, -0.2 * x])
-    fisher = ewc.consolidated.terms[0][0]["head.weights.0"].flatten()
+    fisher = ewc.consolidated.importance["head.weights.0"].flatten()
     assert fisher.tolist() == pytest.approx([x * x * p0 * p1] * 2, rel=0.05)
 
 
@@ -74,12 +74,12 @@ def test_ewc_keeps_one_term_per_task_and_online_ewc_one_running_fisher():
         learner.begin_task(stream.tasks[0])
         set_head(learner, 0, [[0.5], [-0.3]])
         ewc.after_task(stream.tasks[0])
-        f1 = ewc.consolidated.terms[0][0]["head.weights.0"].clone()
+        f1 = ewc.consolidated.importance["head.weights.0"].clone()
         learner.begin_task(stream.tasks[1])
         set_head(learner, 0, [[0.1], [0.2]])
         ewc.after_task(stream.tasks[1])
+        assert ewc.consolidated.tasks == 2
         if not online:
-            assert len(ewc.consolidated.terms) == 2
             continue
         # a fresh estimate of task 2's Fisher at the new parameters
         _, learner2, ctx2 = feature_setup([tasks[1]], scenario="domain_incremental")
@@ -87,10 +87,34 @@ def test_ewc_keeps_one_term_per_task_and_online_ewc_one_running_fisher():
         set_head(learner2, 0, [[0.1], [0.2]])
         single = make_method("ewc", learner2, ctx2, fisher="empirical")
         single.after_task(ctx2.stream.tasks[0])
-        f2 = single.consolidated.terms[0][0]["head.weights.0"]
-        [(importance, anchor)] = ewc.consolidated.terms
+        f2 = single.consolidated.importance["head.weights.0"]
+        importance, anchor = ewc.consolidated.importance, ewc.consolidated.center
         assert torch.allclose(importance["head.weights.0"], 0.5 * f1 + f2)      # F <- gamma F + F_t
         assert anchor["head.weights.0"].flatten().tolist() == pytest.approx([0.1, 0.2])
+
+
+def test_penalty_over_three_tasks_equals_the_sum_of_its_terms_in_two_copies():
+    from forgetlab.methods.components.penalty import QuadraticPenalty
+
+    theta = torch.nn.Parameter(torch.zeros(3))
+    terms = [([1.0, 0.0, 2.0], [0.5, 9.0, -1.0]), ([3.0, 0.0, 0.5], [1.5, 4.0, 2.0]), ([0.0, 0.0, 1.0], [7.0, 1.0, 0.0])]
+    penalty = QuadraticPenalty()
+    for omega, anchor in terms:
+        theta.data = torch.tensor(anchor)
+        penalty.add({"w": torch.tensor(omega)}, {"w": theta})
+    theta.data = torch.tensor([1.0, 2.0, 3.0])
+    value = penalty({"w": theta})
+    value.backward()
+    # by hand: sum_t omega_t (theta - anchor_t)^2 and its gradient 2 sum_t omega_t (theta - anchor_t)
+    by_hand = sum(o * (t - a) ** 2 for omega, anchor in terms for o, a, t in zip(omega, anchor, [1.0, 2.0, 3.0]))
+    grad = [sum(2 * omega[i] * ([1.0, 2.0, 3.0][i] - anchor[i]) for omega, anchor in terms) for i in range(3)]
+    assert by_hand == 0.25 + 32.0 + 0.75 + 0.5 + 9.0     # 42.5
+    assert value.item() == pytest.approx(42.5, rel=1e-6)
+    assert theta.grad.tolist() == pytest.approx(grad, rel=1e-6)
+    assert penalty.tasks == 3 and len(penalty.state()) == 3          # importance, centre, meta: not one pair per task
+    restored = QuadraticPenalty()
+    restored.load_state(penalty.state())
+    assert restored({"w": theta}).item() == pytest.approx(42.5, rel=1e-6)
 
 
 # -- MAS -----------------------------------------------------------------------------------------
@@ -104,12 +128,12 @@ def test_mas_importance_on_a_linear_model_is_mean_abs_gradient_of_squared_norm()
     mas = make_method("mas", learner, ctx, lam=3.0)
     mas.after_task(stream.tasks[0])
     expected = np.mean([np.abs(2 * np.outer(W.numpy() @ x, x)) for x in X.numpy()], axis=0)
-    [(omega, _)] = mas.consolidated.terms
+    omega = mas.consolidated.importance
     assert np.allclose(omega["head.weights.0"].numpy(), expected, rtol=1e-5)
     set_head(learner, 0, (W + 0.1).tolist())
     assert mas.penalty({}, None).item() == pytest.approx(3.0 * expected.sum() * 0.01, rel=1e-5)
     mas.after_task(stream.tasks[0])                            # importances add up across tasks
-    omega2 = mas.consolidated.terms[0][0]["head.weights.0"].numpy()
+    omega2 = mas.consolidated.importance["head.weights.0"].numpy()
     expected2 = np.mean([np.abs(2 * np.outer((W.numpy() + 0.1) @ x, x)) for x in X.numpy()], axis=0)
     assert np.allclose(omega2, expected + expected2, rtol=1e-5)
 

@@ -60,7 +60,7 @@ def test_multihead_is_told_the_task_id_and_branch_shares_nothing(tmp_path):
 
 def test_composed_method_fills_the_memory_and_keeps_a_penalty_per_task(tmp_path):
     engine = run_engine(tmp_path, tiny_config(method={"name": "ewc", "replay": {"size": 12}}))
-    assert len(engine.method.memory) == 12 and len(engine.method.consolidated.terms) == 3
+    assert len(engine.method.memory) == 12 and engine.method.consolidated.tasks == 3
     assert set(engine.method.memory.task_ids.tolist()) <= {0, 1, 2}
 
 

@@ -1,4 +1,4 @@
-"""The ``forgetlab`` command line: run, sweep, show, export, report, pretrain, infer."""
+"""The ``forgetlab`` command line: run, sweep, show, export, report, pretrain, infer, bench."""
 from __future__ import annotations
 
 import csv
@@ -213,6 +213,29 @@ def infer(model: str = typer.Option(..., "--model", help="a causal LM: a local f
     _print_table(features)
     out.print(f"results: {out_dir / 'inference.json'}")
     out.print(f"report:  {out_dir / 'report.html'}")
+
+
+@app.command()
+def bench(only: list[str] = typer.Option([], "--only", help="run only these benchmarks (repeatable): "
+                                         "loop, frozen, mfu, methods, memory, incumbents"),
+          quick: bool = typer.Option(False, "--quick", help="tiny settings: checks the machinery, not the speed"),
+          out_file: Path = typer.Option(Path("runs/bench.json"), "--out", help="JSON file for every figure")):
+    """The performance benchmarks: each figure a ratio against a baseline measured in the same run."""
+    from .bench import BENCHMARKS, run_benchmarks, summary_rows
+    from .runtime import write_json
+
+    unknown = [n for n in only if n not in BENCHMARKS]
+    if unknown:
+        raise UserError(f"--only {unknown[0]}: no such benchmark (one of {', '.join(BENCHMARKS)})")
+    names = [n for n in BENCHMARKS if n in only] if only else list(BENCHMARKS)
+    report = run_benchmarks(names, quick, progress=lambda r: out.print(f"{r['name']}: {r['seconds']:.0f} s"))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out_file, report)
+    table = Table("benchmark", "figure", "target", "met", "setting", title="forgetlab bench")
+    for row in summary_rows(report):
+        table.add_row(*map(escape, row))
+    _print_table(table)
+    out.print(f"results: {out_file}")
 
 
 def _print_table(table: Table) -> None:

@@ -160,6 +160,9 @@ class TokenizerConfig(Section):
 class LMConfig(Section):
     arch: Literal["gpt2", "moe"] = "gpt2"        # GPT-2-style Transformer, or a Mixtral-style mixture of experts
     size: str = "small"                          # width/depth preset (see models/lm_families.py)
+    dim: int | None = Field(None, ge=8)          # these three, when set, replace the preset's
+    layers: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
     seq_len: int = Field(256, ge=8)
     experts: int = Field(4, ge=2)                # moe: experts per layer
     experts_per_token: int = Field(2, ge=1)      # moe: experts each token is routed to
@@ -178,6 +181,8 @@ class PretrainTrainConfig(Section):
     eval_tokens: int = Field(65536, ge=16)       # validation tokens for each checkpoint's perplexity
     num_threads: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of matrix products (weights stay fp32)
+    compile: bool = False                        # torch.compile the model
 
     @model_validator(mode="after")
     def _one_length(self):

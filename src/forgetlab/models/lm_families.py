@@ -17,7 +17,9 @@ def build_lm(cfg: LMConfig, vocab_size: int, pad_id: int, eos_id: int) -> nn.Mod
     """A freshly initialised causal LM of ``cfg.arch`` at preset ``cfg.size``."""
     if cfg.size not in PRESETS:
         raise UserError(f"model.size: unknown preset '{cfg.size}' (presets: {', '.join(PRESETS)})")
-    dim, layers, heads = PRESETS[cfg.size]
+    dim, layers, heads = (given or preset for given, preset in zip((cfg.dim, cfg.layers, cfg.heads), PRESETS[cfg.size]))
+    if dim % heads:
+        raise UserError(f"model.dim: {dim} is not divisible by {heads} heads")
     special = {"pad_token_id": pad_id, "bos_token_id": eos_id, "eos_token_id": eos_id}
     if cfg.arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel

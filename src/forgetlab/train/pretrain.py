@@ -61,21 +61,15 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, console: Console | No
     console.print(f"pretrain {cfg.model.arch}-{cfg.model.size}: {record['parameters']:,} parameters, "
                   f"{len(train_ids):,} training tokens, {steps} steps")
 
-    optimizer = _optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
+    train_step = make_train_step(model, optimizer, cfg, device)
     batches = _batches(train_ids, window, cfg.train.batch_size, cfg.seed)
     start, recent = time.perf_counter(), []
     model.train()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, cfg)
-        batch = next(batches).to(device)
-        loss = lm_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        recent.append(loss.item())
+        recent.append(train_step(next(batches).to(device)).item())
         if step in saves:
             ppl = validation_perplexity(model, valid_ids, window, cfg.train.batch_size, device)
             folder = out / "checkpoints" / f"step-{step:06d}"
@@ -100,6 +94,26 @@ def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
         ids.extend(piece)
         ids.append(eos)
     return torch.tensor(ids, dtype=torch.long)
+
+
+def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
+                    device: torch.device):
+    """One optimizer step on a batch of windows, as ``cfg.train`` sets it (precision, compile, clipping);
+    returns the loss. ``forgetlab bench`` times this same function."""
+    forward = torch.compile(model) if cfg.train.compile else model
+    bf16 = cfg.train.precision == "bf16"
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = lm_loss(forward, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        return loss.detach()
+
+    return step
 
 
 def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -140,7 +154,7 @@ def _batches(ids: torch.Tensor, window: int, batch_size: int, seed: int):
             yield windows[order[i: i + batch_size]]
 
 
-def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (fused where the device has it); no weight decay on biases, norms and embeddings' 1-D parts."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},

@@ -1,52 +1,64 @@
-"""The quadratic penalty of EWC and MAS: sum_i Omega_i (theta_i - theta*_i)^2 over anchored parameters."""
+"""The quadratic penalty of EWC and MAS: sum_t sum_i Omega_t,i (theta_i - theta*_t,i)^2 over consolidated tasks.
+
+A sum of quadratics is one quadratic, so however many tasks are consolidated the penalty keeps two
+copies of the anchored parameters: Omega = sum_t Omega_t, the importance-weighted centre
+mu = sum_t Omega_t theta*_t / Omega, and a constant c (float64) so the value is the sum's exactly:
+    sum_t Omega_t (theta - theta*_t)^2 = Omega (theta - mu)^2 + c.
+Online EWC instead decays the old importance and re-anchors: Omega <- decay * Omega + Omega_t, mu = theta*_t.
+"""
 from __future__ import annotations
 
 import torch
 
 
 class QuadraticPenalty:
-    """One (importance, anchor) pair per consolidated task, or a single running pair (online EWC)."""
+    """Omega (theta - mu)^2 summed over anchored parameters, plus the constant ``offset``."""
 
     def __init__(self):
-        self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self.importance: dict[str, torch.Tensor] = {}
+        self.center: dict[str, torch.Tensor] = {}
+        self.offset = 0.0
+        self.tasks = 0                  # terms summed in (online EWC: merges)
 
     def add(self, importance: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
-        """Anchor at the parameters' current values with this importance (a new term)."""
-        self.terms.append(({n: w.detach().clone() for n, w in importance.items()},
-                           {n: params[n].detach().clone() for n in importance}))
+        """Add the term importance * (theta - theta_now)^2 to the penalty."""
+        for n, w in importance.items():
+            anchor = params[n].detach()
+            old_w = self.importance.get(n, torch.zeros_like(w))
+            old_mu = self.center.get(n, torch.zeros_like(anchor))
+            total = old_w + w
+            mu = torch.where(total > 0, (old_w * old_mu + w * anchor) / total.clamp_min(1e-30), anchor)
+            # c gains what the new centre leaves out: old_w old_mu^2 + w anchor^2 - total mu^2
+            self.offset += (old_w.double() * old_mu.double() ** 2 + w.double() * anchor.double() ** 2
+                            - total.double() * mu.double() ** 2).sum().item()
+            self.importance[n], self.center[n] = total.clone(), mu.clone()
+        self.tasks += 1
 
     def merge(self, importance: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float) -> None:
         """Online EWC: Omega <- decay * Omega + importance, anchored at the current values."""
-        if not self.terms:
-            self.add(importance, params)
-            return
-        old, _ = self.terms[0]
-        merged = {n: decay * old.get(n, torch.zeros_like(w)) + w for n, w in importance.items()}
-        merged.update({n: decay * w for n, w in old.items() if n not in importance})
-        self.terms = []
-        self.add(merged, {n: params[n] for n in merged})
+        names = set(importance) | set(self.importance)
+        self.importance = {n: decay * self.importance.get(n, torch.zeros_like(params[n])) +
+                           importance.get(n, torch.zeros_like(params[n])) for n in names}
+        self.center = {n: params[n].detach().clone() for n in names}
+        self.offset, self.tasks = 0.0, self.tasks + 1
 
     def __call__(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         total = None
-        for importance, anchor in self.terms:
-            for n, w in importance.items():
-                term = (w * (params[n] - anchor[n]).pow(2)).sum()
-                total = term if total is None else total + term
-        return total if total is not None else torch.zeros(())
+        for n, w in self.importance.items():
+            term = (w * (params[n] - self.center[n]).pow(2)).sum()
+            total = term if total is None else total + term
+        return total + self.offset if total is not None else torch.zeros(())
 
     # -- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, (importance, anchor) in enumerate(self.terms):
-            out.update({f"penalty.{k}.importance.{n}": w for n, w in importance.items()})
-            out.update({f"penalty.{k}.anchor.{n}": a for n, a in anchor.items()})
+        out = {f"penalty.importance.{n}": w for n, w in self.importance.items()}
+        out.update({f"penalty.center.{n}": m for n, m in self.center.items()})
+        if self.tasks:
+            out["penalty.meta"] = torch.tensor([self.offset, float(self.tasks)], dtype=torch.float64)
         return out
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        terms: dict[int, tuple[dict, dict]] = {}
-        for key, value in state.items():
-            if key.startswith("penalty."):
-                _, k, kind, name = key.split(".", 3)
-                pair = terms.setdefault(int(k), ({}, {}))
-                pair[0 if kind == "importance" else 1][name] = value
-        self.terms = [terms[k] for k in sorted(terms)]
+        self.importance = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith("penalty.importance.")}
+        self.center = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith("penalty.center.")}
+        meta = state.get("penalty.meta")
+        self.offset, self.tasks = (float(meta[0]), int(meta[1])) if meta is not None else (0.0, 0)
