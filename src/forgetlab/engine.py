@@ -108,19 +108,28 @@ class Engine:
         kept until the backbone next trains."""
         if self.learner.backbone_frozen:
             return [self.frozen_features()[(t.index, split)][:limit] for t in tasks]
-        out = []
-        for t in tasks:
-            key = (t.index, split)
-            if key in self._step_features:
-                out.append(self._step_features[key][:limit])
-                continue
-            self.method.eval_task(t)
-            texts = self._texts(t, split)
-            feats = encode(self.learner.backbone, texts[:limit], self.cfg.train.eval_batch_size, self.device)
-            if limit is None or limit >= len(texts):
-                self._step_features[key] = feats
-            out.append(feats)
-        return out
+        todo = [t for t in tasks if (t.index, split) not in self._step_features]
+        fresh = dict(zip((t.index for t in todo), self._encode_tasks(todo, split, limit)))
+        for t in todo:
+            if limit is None or limit >= len(self._texts(t, split)):
+                self._step_features[(t.index, split)] = fresh[t.index]
+        return [fresh[t.index] if t.index in fresh else self._step_features[(t.index, split)][:limit] for t in tasks]
+
+    def _encode_tasks(self, tasks: list[Task], split: str, limit: int | None) -> list[torch.Tensor]:
+        """Each task's features: task by task where the method switches encoders between tasks, else in
+        one length-sorted pass over all their texts (fuller batches, less padding)."""
+        texts = [self._texts(t, split)[:limit] for t in tasks]
+        size, backbone = self.cfg.train.eval_batch_size, self.learner.backbone
+        if self.method.per_task_encoder:
+            out = []
+            for t, group in zip(tasks, texts):
+                self.method.eval_task(t)
+                out.append(encode(self.learner.backbone, group, size, self.device))
+            return out
+        if not tasks:
+            return []
+        flat = encode(backbone, [x for group in texts for x in group], size, self.device)
+        return list(torch.split(flat, [len(group) for group in texts]))
 
     def layer_features(self, tasks: list[Task], split: str) -> dict[int, list[torch.Tensor]]:
         """Each task's features at every ``eval.probe_layers`` hidden state, kept until the backbone next trains."""

@@ -6,6 +6,7 @@ the same process and run, so a busy shared machine slows both alike.
 - ``mfu``: GPT pretraining throughput as model FLOP utilisation (≥ 35% on CPU)
 - ``methods``: each method's step time and memory over ``seq``'s
 - ``memory``: peak memory at 5, 10 and 15 tasks (linear at most)
+- ``optimisations``: each optimisation on against off
 - ``incumbents``: forgetlab against sequential fine-tuning with the Hugging Face Trainer (≥ 1.5× faster)
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..runtime import environment
 
-BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "incumbents")
+BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents")
 
 
 def benchmark(name: str) -> Callable[..., dict]:

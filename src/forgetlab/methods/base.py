@@ -122,6 +122,12 @@ class Method:
     def eval_task(self, task: Task) -> None:
         """Called before a task's test set is encoded (e.g. to select that task's adapter)."""
 
+    @property
+    def per_task_encoder(self) -> bool:
+        """Whether ``eval_task`` changes the encoder between tasks; if not, the engine encodes every
+        task's test set in one length-sorted pass."""
+        return False
+
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors resume must restore (saved as safetensors)."""
         return self.memory.state() if self.memory is not None else {}

@@ -37,6 +37,10 @@ class MultiHead(Method):
         if self.branches is not None:
             self.learner.backbone = self.branches[task.index].to(self.ctx.device)
 
+    @property
+    def per_task_encoder(self):
+        return self.branches is not None
+
     def state(self):
         out = super().state()
         for t, branch in enumerate(self.branches or []):

@@ -48,6 +48,10 @@ class ModularMethod(Method):
     def eval_task(self, task):
         self.select(self.module_of(task))
 
+    @property
+    def per_task_encoder(self):
+        return self.cfg.per_task
+
     def param_groups(self, train):
         modules = [p for p in self.learner.backbone.parameters() if p.requires_grad]
         head = [p for p in self.learner.head.parameters() if p.requires_grad]
