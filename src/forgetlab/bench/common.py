@@ -37,6 +37,12 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def fastest(xs: list[float]) -> float:
+    """The fastest round: noise on a shared machine only ever adds time, so the minimum is the
+    steadiest estimate of what the code costs (as ``timeit`` advises)."""
+    return float(min(xs))
+
+
 def matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> float:
     """The dense matrix-multiply rate (FLOP/s) of this machine: the best of ``repeats`` n×n products."""

@@ -1,9 +1,9 @@
 """Benchmark 1, training-loop overhead: the engine's ``seq`` steps against a plain PyTorch loop that
 does the same forward, backward, clipping and AdamW steps on the same batches.
 
-Both start from the same weights and draw the same shuffled batches; after timing, their weights are
-compared, so the two loops are shown to have done the same work. The figure is the ratio of median
-wall times (engine / plain; target ≤ 1.10).
+Both start from the same weights, draw the same shuffled batches and use the same (fused) AdamW;
+after timing, their weights are compared, so the two loops are shown to have done the same work.
+The figure is the ratio of the fastest rounds' wall times (engine / plain; target ≤ 1.10).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..config import load_config
 from ..engine import Engine
 from ..models.backbones import pool
 from ..train.loop import train_task
-from .common import MINILM, interleaved, median
+from .common import MINILM, fastest, interleaved
 
 TARGET = 1.10
 
@@ -36,7 +36,8 @@ def plain_loop(model: torch.nn.Module, head: torch.nn.Module, tokens: list[list[
                weight_decay: float, grad_clip: float, pooling: str) -> None:
     """What a user writes by hand: shuffle, pad, forward, cross-entropy, backward, clip, AdamW."""
     optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr": lr_backbone},
-                                   {"params": list(head.parameters()), "lr": lr_head}], weight_decay=weight_decay)
+                                   {"params": list(head.parameters()), "lr": lr_head}], weight_decay=weight_decay,
+                                  fused=True)       # as the engine: the comparison is of the loops, not the kernels
     params = list(model.parameters()) + list(head.parameters())
     generator = torch.Generator().manual_seed(seed)
     step, n = 0, len(tokens)
@@ -89,10 +90,10 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
 
     times = interleaved({"plain": plain, "forgetlab": forgetlab}, rounds or (2 if quick else 5))
     gap = max((finals["forgetlab"][k].float() - finals["plain"][k].float()).abs().max().item() for k in initial)
-    ratio = median(times["forgetlab"]) / median(times["plain"])
+    ratio = fastest(times["forgetlab"]) / fastest(times["plain"])
     steps = cfg.train.max_steps
     return {"name": "loop", "figure": ratio, "target": f"<= {TARGET}", "met": ratio <= TARGET,
-            "plain_ms_per_step": 1000 * median(times["plain"]) / steps,
-            "forgetlab_ms_per_step": 1000 * median(times["forgetlab"]) / steps,
+            "plain_ms_per_step": 1000 * fastest(times["plain"]) / steps,
+            "forgetlab_ms_per_step": 1000 * fastest(times["forgetlab"]) / steps,
             "max_weight_difference": gap, "steps": steps, "times": times,
             "setting": f"{backbone.source}, batch {cfg.train.batch_size}, {steps} steps, {len(inputs)} examples"}

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .common import MINILM, in_child, rss_mib
 
 METHODS = {
@@ -47,12 +49,19 @@ def measure(config: dict) -> dict:
     last = results["task_log"][-1]
     params = _bytes(engine.learner.parameters())
     return {"step_ms": 1000 * last["train_s"] / last["steps"], "peak_rss_mib": results["resources"]["peak_rss_mib"],
-            "built_rss_mib": built, "state_copies": _bytes(engine.method.state().values()) / params,
+            "built_rss_mib": built, "state_copies": kept_bytes(engine.method) / params,
             "acc": results["metrics"]["acc"]}
 
 
 def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def kept_bytes(method) -> int:
+    """What a method keeps between tasks: its saved state (importances, anchors, memory, logits) and
+    any model of its own (LwF's teacher)."""
+    own = [m for m in vars(method).values() if isinstance(m, torch.nn.Module) and m is not method.learner]
+    return _bytes(method.state().values()) + sum(_bytes(m.parameters()) for m in own)
 
 
 def run(quick: bool = False, rounds: int | None = None, methods: tuple[str, ...] = tuple(METHODS)) -> dict:

@@ -21,7 +21,7 @@ from ..data.stream import build_stream
 from ..methods.components.penalty import QuadraticPenalty
 from ..models.backbones import build_backbone
 from ..train.batching import length_sorted_batches, pad
-from .common import MINILM, interleaved, median
+from .common import MINILM, fastest, interleaved
 
 
 def _encode(backbone, tokens: list[list[int]], batches: list[torch.Tensor], context) -> None:
@@ -32,7 +32,7 @@ def _encode(backbone, tokens: list[list[int]], batches: list[torch.Tensor], cont
 
 
 def _ratio(times: dict[str, list[float]]) -> float:
-    return median(times["off"]) / median(times["on"])
+    return fastest(times["off"]) / fastest(times["on"])
 
 
 def run(quick: bool = False, rounds: int | None = None) -> dict:
