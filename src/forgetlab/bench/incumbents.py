@@ -9,9 +9,10 @@ What makes the comparison fair:
   folder, mean pooling, the same ``max_length``, and the same head: one linear layer over all the
   stream's classes whose not-yet-seen classes are masked to -inf (forgetlab's growing head, which
   keeps every class's rows in one matrix and predicts only classes seen so far);
-- the same optimisation: a fresh AdamW per task with the backbone and head at their own learning
-  rates, the same weight decay, gradient clipping, constant learning rate, batch size and exactly
-  the same number of optimizer steps per task (checked after every run);
+- the same optimisation: a fresh fused AdamW per task (Trainer's default ``adamw_torch_fused``, and
+  forgetlab's) with the backbone and head at their own learning rates, the same weight decay,
+  gradient clipping, constant learning rate, batch size and exactly the same number of optimizer
+  steps per task (checked after every run);
 - the same methods: ``ewc`` with forgetlab's defaults (lambda, "true" Fisher drawn from the model's
   own predictions, one example at a time, on every training example of the task), written as a
   ``Trainer.compute_loss`` override plus a Fisher pass after each task; the baseline keeps one
@@ -210,7 +211,7 @@ def run_trainer(cfg: Config, method: str, workdir: str) -> tuple[list[list[float
             disable_tqdm=True)
         optimizer = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.train.lr_backbone},
                                        {"params": model.head.parameters(), "lr": cfg.train.lr_head}],
-                                      weight_decay=cfg.train.weight_decay)
+                                      weight_decay=cfg.train.weight_decay, fused=True)   # Trainer's default kernel
         trainer = ContinualTrainer(model=model, args=args, train_dataset=train_sets[task.index], data_collator=collator,
                                    optimizers=(optimizer, None), ewc_terms=ewc_terms, ewc_lam=ewc_lam,
                                    memory=memory, memory_batch_size=cfg.train.batch_size)   # forgetlab's default
