@@ -50,3 +50,20 @@ def test_cli_bench_writes_json_and_refuses_unknown_names(monkeypatch, capsys, tm
     report = json.loads((tmp_path / "b.json").read_text())
     assert [r["name"] for r in report["results"]] == ["loop"] and report["quick"] is True
     assert "loop" in out and "<= 1.1" in out
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents():
+    """ru_maxrss carries a parent's peak across fork and exec; the figure forgetlab records must not."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from forgetlab.runtime import peak_rss_mib
+
+    ballast = np.ones(400 * 2**20 // 8)              # 400 MiB resident in this process
+    parent = peak_rss_mib()
+    child = float(subprocess.run([sys.executable, "-c", "from forgetlab.runtime import peak_rss_mib; print(peak_rss_mib())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    assert parent > 400 and ballast.sum() > 0
+    assert child < parent - 300

@@ -26,7 +26,7 @@ from .methods.base import Context
 from .models.backbones import LSTMEncoder, build_backbone
 from .models.learner import Learner
 from .report import write_report
-from .runtime import environment, pick_device, seed_everything, write_json
+from .runtime import environment, peak_rss_mib, pick_device, seed_everything, write_json
 from .store import Store
 from .train.batching import Inputs
 from .train.features import FeatureCache, encode, encode_layers
@@ -263,11 +263,8 @@ class Engine:
 
 def _resources(device: torch.device) -> dict:
     """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory."""
-    import resource
-
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"peak_rss_mib": rss_kib / 1024, "peak_cuda_mib": cuda}
+    return {"peak_rss_mib": peak_rss_mib(), "peak_cuda_mib": cuda}
 
 
 def _new_run_id(cfg: Config) -> str:

@@ -43,3 +43,20 @@ def environment(seed: int, device: torch.device) -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "forgetlab": __version__,
             "device": str(device), "threads": torch.get_num_threads(), "seed": seed}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec (``ru_maxrss``
+    does not: a child started from a large parent reports the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024      # bytes on macOS, KiB elsewhere

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ def fastest(xs: list[float]) -> float:
     return float(min(xs))
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
+def matmul_flops(n: int = 2048, repeats: int = 20, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> float:
     """The dense matrix-multiply rate (FLOP/s) of this machine: the best of ``repeats`` n×n products."""
     a = torch.randn(n, n, dtype=dtype, device=device)
@@ -62,11 +61,6 @@ def matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.fl
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mib() -> float:
