@@ -46,7 +46,8 @@ def test_ewc_empirical_fisher_penalty_and_gradient_match_the_formula():
     penalty = ewc.penalty({}, None)
     expected = 10.0 / 2 * (fisher[0] * 0.2 ** 2 + fisher[1] * 0.2 ** 2)
     assert penalty.item() == pytest.approx(expected, rel=1e-5)
-    penalty.backward()
+    assert not penalty.requires_grad                     # no autograd graph: the gradient is added after backward
+    ewc.after_backward()
     grad = learner.head.weights[0].grad.flatten().tolist()
     assert grad == pytest.approx([10.0 * fisher[0] * 0.2, 10.0 * fisher[1] * 0.2], rel=1e-5)
 
@@ -103,8 +104,8 @@ def test_penalty_over_three_tasks_equals_the_sum_of_its_terms_in_two_copies():
         theta.data = torch.tensor(anchor)
         penalty.add({"w": torch.tensor(omega)}, {"w": theta})
     theta.data = torch.tensor([1.0, 2.0, 3.0])
-    value = penalty({"w": theta})
-    value.backward()
+    value = penalty.value({"w": theta})
+    penalty.add_gradient({"w": theta}, scale=1.0)
     # by hand: sum_t omega_t (theta - anchor_t)^2 and its gradient 2 sum_t omega_t (theta - anchor_t)
     by_hand = sum(o * (t - a) ** 2 for omega, anchor in terms for o, a, t in zip(omega, anchor, [1.0, 2.0, 3.0]))
     grad = [sum(2 * omega[i] * ([1.0, 2.0, 3.0][i] - anchor[i]) for omega, anchor in terms) for i in range(3)]
@@ -114,7 +115,7 @@ def test_penalty_over_three_tasks_equals_the_sum_of_its_terms_in_two_copies():
     assert penalty.tasks == 3 and len(penalty.state()) == 3          # importance, centre, meta: not one pair per task
     restored = QuadraticPenalty()
     restored.load_state(penalty.state())
-    assert restored({"w": theta}).item() == pytest.approx(42.5, rel=1e-6)
+    assert restored.value({"w": theta}).item() == pytest.approx(42.5, rel=1e-6)
 
 
 # -- MAS -----------------------------------------------------------------------------------------
@@ -132,6 +133,8 @@ def test_mas_importance_on_a_linear_model_is_mean_abs_gradient_of_squared_norm()
     assert np.allclose(omega["head.weights.0"].numpy(), expected, rtol=1e-5)
     set_head(learner, 0, (W + 0.1).tolist())
     assert mas.penalty({}, None).item() == pytest.approx(3.0 * expected.sum() * 0.01, rel=1e-5)
+    mas.after_backward()                                       # d/dW of lam * Omega (W - W*)^2 = 2 lam Omega 0.1
+    assert np.allclose(learner.head.weights[0].grad.numpy(), 2 * 3.0 * expected * 0.1, rtol=1e-5)
     mas.after_task(stream.tasks[0])                            # importances add up across tasks
     omega2 = mas.consolidated.importance["head.weights.0"].numpy()
     expected2 = np.mean([np.abs(2 * np.outer((W.numpy() + 0.1) @ x, x)) for x in X.numpy()], axis=0)

@@ -4,6 +4,8 @@ online EWC from "Progress & Compress" (Schwarz et al., ICML 2018).
 After each task, estimate the diagonal Fisher F of the trainable parameters on the task's data
 and anchor them; while training later tasks add (lam / 2) * sum_i F_i (theta_i - theta*_i)^2,
 summed over past tasks. Online EWC keeps one running Fisher, F <- gamma * F + F_t.
+The penalty's value joins the logged loss; its gradient is added to ``.grad`` after the backward
+pass, without an autograd graph (``components/penalty.py``).
 """
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ class EWC(Method):
         self.consolidated = QuadraticPenalty()
 
     def penalty(self, batch, out):
-        return self.cfg.lam / 2 * self.consolidated(dict(self.learner.named_parameters()))
+        return self.cfg.lam / 2 * self.consolidated.value(dict(self.learner.named_parameters()))
+
+    def after_backward(self):
+        super().after_backward()
+        self.consolidated.add_gradient(dict(self.learner.named_parameters()), self.cfg.lam / 2)
 
     def after_task(self, task):
         super().after_task(task)

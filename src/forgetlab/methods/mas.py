@@ -3,6 +3,8 @@
 After each task, a parameter's importance is the mean absolute gradient of the squared L2 norm
 of the model's output, ||f(x)||^2, over the task's data (no labels needed); importances add up
 across tasks. Later tasks add lam * sum_i Omega_i (theta_i - theta*_i)^2.
+The penalty's value joins the logged loss; its gradient is added to ``.grad`` after the backward
+pass, without an autograd graph (``components/penalty.py``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,11 @@ class MAS(Method):
         self.consolidated = QuadraticPenalty()
 
     def penalty(self, batch, out):
-        return self.cfg.lam * self.consolidated(dict(self.learner.named_parameters()))
+        return self.cfg.lam * self.consolidated.value(dict(self.learner.named_parameters()))
+
+    def after_backward(self):
+        super().after_backward()
+        self.consolidated.add_gradient(dict(self.learner.named_parameters()), self.cfg.lam)
 
     def after_task(self, task):
         super().after_task(task)

@@ -5,6 +5,11 @@ copies of the anchored parameters: Omega = sum_t Omega_t, the importance-weighte
 mu = sum_t Omega_t theta*_t / Omega, and a constant c (float64) so the value is the sum's exactly:
     sum_t Omega_t (theta - theta*_t)^2 = Omega (theta - mu)^2 + c.
 Online EWC instead decays the old importance and re-anchors: Omega <- decay * Omega + Omega_t, mu = theta*_t.
+
+The penalty never enters the autograd graph: ``value`` is computed without gradient (for the logged
+loss) and ``add_gradient`` adds its gradient 2 Omega (theta - mu) to ``.grad`` in place, one tensor at
+a time, after the loss's backward pass. Built by autograd, Omega (theta - mu)^2 over every parameter
+held several parameter-sized temporaries at once (``forgetlab bench --only methods`` measures the peak).
 """
 from __future__ import annotations
 
@@ -42,12 +47,24 @@ class QuadraticPenalty:
         self.center = {n: params[n].detach().clone() for n in names}
         self.offset, self.tasks = 0.0, self.tasks + 1
 
-    def __call__(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
-        total = None
+    @torch.no_grad()
+    def value(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
+        """Omega (theta - mu)^2 + c at the current parameters, without gradient."""
+        total = sum((w * (params[n] - self.center[n]).pow_(2)).sum().item() for n, w in self.importance.items())
+        return torch.tensor(total + self.offset if self.importance else 0.0)
+
+    @torch.no_grad()
+    def add_gradient(self, params: dict[str, torch.nn.Parameter], scale: float) -> None:
+        """Add scale * d/dtheta [Omega (theta - mu)^2] = 2 scale Omega (theta - mu) to each trainable ``.grad``."""
         for n, w in self.importance.items():
-            term = (w * (params[n] - self.center[n]).pow(2)).sum()
-            total = term if total is None else total + term
-        return total + self.offset if total is not None else torch.zeros(())
+            p = params[n]
+            if not p.requires_grad:
+                continue
+            step = (p - self.center[n]).mul_(w).mul_(2 * scale)
+            if p.grad is None:
+                p.grad = step
+            else:
+                p.grad.add_(step)
 
     # -- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
