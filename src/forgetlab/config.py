@@ -74,6 +74,7 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)    # per task; overrides epochs when set
     batch_size: int = Field(16, ge=1)
+    group_by_length: bool = True                 # training batches drawn from length-sorted groups of 8 (less padding)
     eval_batch_size: int = Field(128, ge=1)
     lr_backbone: float = Field(2e-5, ge=0)
     lr_head: float = Field(1e-3, ge=0)

@@ -5,6 +5,8 @@
 - ``inference_mode``: evaluation under ``torch.inference_mode`` against ``torch.no_grad``;
 - ``fused_adamw``: the fused AdamW kernel against the default (for-each) one, one full training step;
 - ``threads``: a training step on all cores against one core;
+- ``group_by_length``: an epoch of training steps (forward + backward) on batches drawn from
+  length-sorted groups (``train.group_by_length``) against plain random batches;
 - ``collapsed_penalty``: EWC's penalty over 10 consolidated tasks kept as one quadratic against ten.
 The feature cache, bf16 autocast and ``torch.compile`` are measured by ``frozen`` and ``mfu``.
 Each figure is seconds off over seconds on (above 1: the optimisation helps).
@@ -20,7 +22,7 @@ from ..config import load_config
 from ..data.stream import build_stream
 from ..methods.components.penalty import QuadraticPenalty
 from ..models.backbones import build_backbone
-from ..train.batching import length_sorted_batches, pad
+from ..train.batching import epoch_batches, length_sorted_batches, pad
 from .common import MINILM, fastest, interleaved
 
 
@@ -86,6 +88,22 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     times = interleaved({"on": lambda: train_steps(True), "off": lambda: train_steps(True, threads=1)}, rounds)
     rows.append({"optimisation": "threads", "speedup": _ratio(times), "times": times,
                  "what": f"the same steps on {torch.get_num_threads()} threads against 1"})
+
+    epoch = tokens[: 96 if quick else 320]
+    lengths = [len(t) for t in epoch]
+    model = copy.deepcopy(backbone).train()
+
+    def epoch_steps(grouped: bool) -> None:
+        generator = torch.Generator().manual_seed(0)
+        for idx in epoch_batches(len(epoch), 16, generator, lengths if grouped else None):
+            ids, mask = pad([epoch[i] for i in idx.tolist()], backbone.pad_id)
+            loss = F.cross_entropy(head(model(ids, mask)), torch.arange(len(idx)) % 10)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    times = interleaved({"on": lambda: epoch_steps(True), "off": lambda: epoch_steps(False)}, rounds)
+    rows.append({"optimisation": "group_by_length", "speedup": _ratio(times), "times": times,
+                 "what": f"forward + backward over {len(epoch)} CLINC150 texts in batches of 16"})
 
     params = {n: p for n, p in backbone.named_parameters()}
     collapsed, separate = QuadraticPenalty(), []

@@ -57,6 +57,21 @@ def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.dev
     return batch
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  lengths: list[int] | None = None, group: int = 8) -> list[torch.Tensor]:
+    """One epoch's index batches in random order. With ``lengths``, a random permutation is cut into
+    groups of ``group`` batches, each group sorted by length before it is cut into batches: batches of
+    similar lengths (less padding) that are still drawn at random (as Hugging Face's ``group_by_length``)."""
+    order = torch.randperm(n, generator=generator)
+    if lengths is None:
+        return list(order.split(batch_size))
+    batches = []
+    for chunk in order.split(batch_size * group):
+        by_length = torch.tensor([lengths[i] for i in chunk.tolist()]).argsort(stable=True)
+        batches += list(chunk[by_length].split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[torch.Tensor]:
     """Index batches of similar length, for evaluation and encoding (little padding)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)

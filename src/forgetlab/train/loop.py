@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import TrainConfig
 from ..methods.base import Method
 from ..models.learner import Learner
-from .batching import Inputs, make_batch
+from .batching import Inputs, epoch_batches, make_batch
 
 
 @dataclass
@@ -39,7 +39,8 @@ def fusable(groups: list[dict]) -> bool:
 
 def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfig, *, seed: int,
                device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
-    """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``."""
+    """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``; with
+    ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``)."""
     optimizer = make_optimizer(method, cfg)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
@@ -48,6 +49,7 @@ def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfi
         return TrainStats(0, 0, float("nan"), 0.0)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     generator = torch.Generator().manual_seed(seed)
+    lengths = [len(t) for t in inputs.tokens] if cfg.group_by_length and inputs.tokens is not None else None
     learner.train()
     start, step, seen, recent = time.perf_counter(), 0, 0, []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -55,12 +57,11 @@ def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfi
     with Progress(*columns, console=console, transient=True, disable=not (cfg.progress and console.is_terminal)) as bar:
         job = bar.add_task(label, total=total, loss=float("nan"), rate=0.0)
         while step < total:
-            order = torch.randperm(n, generator=generator)
             recent = []
-            for i in range(0, n, cfg.batch_size):
+            for idx in epoch_batches(n, cfg.batch_size, generator, lengths):
                 if step == total:
                     break
-                batch = make_batch(inputs, order[i : i + cfg.batch_size], pad_id, device)
+                batch = make_batch(inputs, idx, pad_id, device)
                 loss = method.loss(batch, learner(batch))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
