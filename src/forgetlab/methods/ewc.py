@@ -45,7 +45,7 @@ class EWC(Method):
         super().after_task(task)
         data = self.ctx.training_sample(task, self.cfg.fisher_examples)
         params = self.trainable()
-        fisher = diagonal_fisher(lambda b: self.learner(b).logits, params, self.ctx.batches(data, 1), self.cfg.fisher)
+        fisher = diagonal_fisher(self.learner, params, data, self.ctx.batch, self.cfg.fisher)
         if self.cfg.online:
             self.consolidated.merge(fisher, params, self.cfg.gamma)
         else:

@@ -39,7 +39,7 @@ class MAS(Method):
         super().after_task(task)
         data = self.ctx.training_sample(task, self.cfg.importance_examples)
         params = self.trainable()
-        omega = mas_importance(lambda b: self.learner(b).logits, params, self.ctx.batches(data, 1))
+        omega = mas_importance(self.learner, params, data, self.ctx.batch)
         self.consolidated.merge(omega, params, decay=1.0)     # Omega accumulates over tasks
 
     def state(self):

@@ -1,50 +1,90 @@
-"""Per-parameter importances estimated one example at a time: the diagonal Fisher (EWC) and MAS.
+"""Per-parameter importances from per-example gradients: the diagonal Fisher (EWC) and MAS.
 
-``forward`` maps a one-example batch to its logits (classes the scenario rules out at -inf);
-``params`` are the parameters to score. Both return ``{name: tensor}`` averaged over examples.
+Both are a mean over examples of a per-example gradient statistic. They are computed in batched
+passes (``per_example.py``, about 4x faster on MiniLM) after checking, on the data's shortest and
+longest examples, that the batched statistic equals the one-example-at-a-time loop; a model the
+batched path cannot follow falls back to the loop. ``params`` are the parameters to score; the
+result is ``{name: tensor}`` averaged over examples.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ...models.learner import Learner
+from ...train.batching import Inputs, length_sorted_batches
+from .per_example import Unsupported, batched_statistic
 
-def diagonal_fisher(forward: Callable[[dict], torch.Tensor], params: dict[str, torch.nn.Parameter],
-                    batches: Iterable[dict], labels: str = "true") -> dict[str, torch.Tensor]:
+BATCH_SIZE = 32
+
+
+def diagonal_fisher(learner: Learner, params: dict[str, torch.nn.Parameter], data: Inputs,
+                    make_batch: Callable[[Inputs], dict], labels: str = "true") -> dict[str, torch.Tensor]:
     """F_i = E_x E_y [(d log p(y|x) / d theta_i)^2]: y drawn from the model ("true" Fisher, as in
     Kirkpatrick et al.) or the data's label ("empirical")."""
     def log_likelihood(batch):
-        logp = F.log_softmax(forward(batch), dim=-1)
+        logp = F.log_softmax(learner(batch).logits, dim=-1)
         if labels == "true":
             y = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
         else:
             y = batch["labels"]
         return logp.gather(1, y[:, None]).sum()
 
-    return _mean_gradient_statistic(log_likelihood, params, batches, square=True)
+    return mean_statistic(learner, log_likelihood, params, data, make_batch, square=True)
 
 
-def mas_importance(forward: Callable[[dict], torch.Tensor], params: dict[str, torch.nn.Parameter],
-                   batches: Iterable[dict]) -> dict[str, torch.Tensor]:
+def mas_importance(learner: Learner, params: dict[str, torch.nn.Parameter], data: Inputs,
+                   make_batch: Callable[[Inputs], dict]) -> dict[str, torch.Tensor]:
     """Omega_i = E_x |d ||f(x)||_2^2 / d theta_i| (Aljundi et al., 2018), f the finite logits."""
+    return mean_statistic(learner, _squared_norm(learner), params, data, make_batch, square=False)
+
+
+def _squared_norm(learner: Learner):
     def squared_norm(batch):
-        out = forward(batch)
+        out = learner(batch).logits
         return out.masked_fill(torch.isinf(out), 0.0).pow(2).sum()
+    return squared_norm
 
-    return _mean_gradient_statistic(squared_norm, params, batches, square=False)
+
+def mean_statistic(learner: Learner, objective, params: dict, data: Inputs, make_batch, square: bool,
+                   batched: bool = True) -> dict[str, torch.Tensor]:
+    """Mean over ``data`` of each per-example gradient squared (Fisher) or in absolute value (MAS)."""
+    n = len(data)
+    if batched and n and _batched_path_agrees(learner, params, data, make_batch):
+        lengths = [len(t) for t in data.tokens] if data.tokens is not None else [0] * n
+        batches = (make_batch(data.subset(idx)) for idx in length_sorted_batches(lengths, BATCH_SIZE))
+        total = batched_statistic(learner, objective, params, batches, square)
+    else:
+        total = _loop_statistic(objective, params, (make_batch(data.subset(torch.tensor([i]))) for i in range(n)),
+                                square)
+    return {k: t / max(n, 1) for k, t in total.items()}
 
 
-def _mean_gradient_statistic(objective, params, batches, square: bool) -> dict[str, torch.Tensor]:
-    """Mean over batches of each gradient squared (Fisher) or in absolute value (MAS)."""
+def _loop_statistic(objective, params: dict, batches, square: bool) -> dict[str, torch.Tensor]:
+    """The reference: one backward pass per example."""
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     names, tensors = list(params), list(params.values())
-    count = 0
     for batch in batches:
         grads = torch.autograd.grad(objective(batch), tensors, allow_unused=True)
         for n, g in zip(names, grads):
             if g is not None:
                 total[n] += g.pow(2) if square else g.abs()
-        count += 1
-    return {n: t / max(count, 1) for n, t in total.items()}
+    return total
+
+
+def _batched_path_agrees(learner: Learner, params: dict, data: Inputs, make_batch) -> bool:
+    """Whether the batched statistic of the shortest and longest examples (padded together) equals
+    the loop's, for MAS's objective (deterministic, unlike the sampled Fisher's)."""
+    lengths = [len(t) for t in data.tokens] if data.tokens is not None else list(range(len(data)))
+    pair = torch.tensor(sorted({min(range(len(data)), key=lengths.__getitem__),
+                                max(range(len(data)), key=lengths.__getitem__)}))
+    objective = _squared_norm(learner)
+    try:
+        fast = batched_statistic(learner, objective, params, [make_batch(data.subset(pair))], square=True)
+    except Unsupported:
+        return False
+    slow = _loop_statistic(objective, params, (make_batch(data.subset(i[None])) for i in pair), square=True)
+    scale = max((t.abs().max().item() for t in slow.values() if t.numel()), default=0.0)
+    return all(torch.allclose(fast[k], slow[k], rtol=1e-3, atol=1e-5 * scale) for k in slow)
