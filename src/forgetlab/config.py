@@ -8,7 +8,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,6 +39,21 @@ class BackboneConfig(Section):
         return self
 
 
+class TransformConfig(Section):
+    """Changes to each task's training examples (see data/transforms.py); test sets stay as they are."""
+    keep: float = Field(1.0, gt=0, le=1)         # sparsity: this share of each class's examples, at least 1
+    shots: int | None = Field(None, ge=1)        # few-shot: k examples per class (all if fewer)
+    zipf: float | None = Field(None, ge=0)       # long tail: rank r keeps m·(r+1)^-zipf, m the smallest class
+    redundancy: float = Field(0.0, ge=0, lt=1)   # add exact copies of this share of the task's examples
+    seed: int = 0                                # which examples are kept or copied, and the classes' ranks
+
+    @model_validator(mode="after")
+    def _one_subsample(self):
+        if self.shots is not None and self.keep < 1:
+            raise ValueError("set at most one of data.transform.keep or data.transform.shots")
+        return self
+
+
 class DataConfig(Section):
     name: str | None = None                      # a built-in data set name
     path: str | None = None                      # or a local folder (JSONL) or CSV file
@@ -54,6 +69,7 @@ class DataConfig(Section):
     max_test_per_class: int | None = Field(None, ge=1)
     max_tasks: int | None = Field(None, ge=1)
     drop_labels: list[str] = []                  # labels removed before splitting (e.g. "oos")
+    transform: TransformConfig | None = None     # redundancy, sparsity, few-shot, long tail (training sets only)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -344,6 +360,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part)
         ann = getattr(field, "annotation", None)
+        ann = next((a for a in get_args(ann) if a is not type(None)), ann)      # X | None -> X
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann

@@ -158,7 +158,7 @@ class Engine:
             if ckpt_dir.exists():
                 shutil.rmtree(ckpt_dir)
             state = {"run_id": _new_run_id(cfg), "config_hash": cfg.hash(), "completed": 0, "rows": [],
-                     "baseline": None, "log": [], "train_s": 0.0, "eval_s": 0.0}
+                     "class_rows": [], "baseline": None, "log": [], "train_s": 0.0, "eval_s": 0.0}
         run_id = state["run_id"]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").unlink(missing_ok=True)
@@ -198,7 +198,7 @@ class Engine:
         reference_file = ckpt_dir / CKA_REFERENCE
         if state["baseline"] is None:
             t0 = time.perf_counter()
-            state["baseline"] = evaluate(learner, stream.tasks, self.test_features, self.device)
+            state["baseline"], _ = evaluate(learner, stream.tasks, self.test_features, self.device)
             diagnoser.before_stream(learner, self.device)
             if cfg.eval.cka:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -219,10 +219,11 @@ class Engine:
                                label=f"task {task.index + 1}/{T} {task.name}", console=console)
             method.after_task(task)
             t0 = time.perf_counter()
-            row = evaluate(learner, stream.tasks, self.test_features, self.device)
+            row, class_row = evaluate(learner, stream.tasks, self.test_features, self.device, seen=task.index + 1)
             diagnoser.step(task, learner, self.features, self.device, cka_reference, self.layer_features)
             eval_s = time.perf_counter() - t0
             state["rows"].append(row)
+            state["class_rows"].append(class_row)
             state["train_s"] += stats.seconds
             state["eval_s"] += eval_s
             state["completed"] = task.index + 1
@@ -250,6 +251,9 @@ class Engine:
             "accuracy_matrix": R.tolist(),
             "probe_matrix": probe_matrix,
             "baseline_accuracy": state["baseline"],
+            "class_names": stream.class_names,
+            "class_train_counts": stream.class_train_counts(),
+            "per_class_accuracy": state["class_rows"],
             "metrics": metrics,
             "diagnostics": diagnostics,
             "timing": {"train_s": state["train_s"], "eval_s": state["eval_s"],

@@ -2,6 +2,7 @@
 
 Global class ids are assigned in stream order (task 0's classes first), so the classes of
 task t are a contiguous range and a head can grow by one block per task.
+Training sets may then be transformed (``data.transform``, see transforms.py); test sets never are.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from ..config import DataConfig
 from ..errors import UserError
 from .sources import Dataset, Example, load_dataset
+from .transforms import transform
 
 
 @dataclass
@@ -33,6 +35,14 @@ class Stream:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def class_train_counts(self) -> list[int]:
+        """Training examples of each class over all tasks (after any transform)."""
+        counts = [0] * self.num_classes
+        for task in self.tasks:
+            for label in task.train_labels:
+                counts[label] += 1
+        return counts
 
 
 def build_stream(cfg: DataConfig, seed: int = 0) -> Stream:
@@ -166,6 +176,8 @@ def _assemble(groups: list[Group], cfg: DataConfig, seed: int) -> Stream:
                 class_id[label] = len(class_names)
                 class_names.append(label)
         train = _cap(train, cfg.max_train_per_class, rng)
+        if cfg.transform is not None:
+            train = transform(train, cfg.transform, t)
         test = _cap(test, cfg.max_test_per_class, rng)
         if not train or not test:
             split = "training" if not train else "test"

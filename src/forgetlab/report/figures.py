@@ -137,6 +137,19 @@ def decomposition_png(parts: Sequence[dict], tasks: Sequence[str]) -> bytes:
     return _png(fig)
 
 
+def class_forgetting_png(counts: Sequence[int], forgetting: Sequence[float]) -> bytes:
+    """Each class's forgetting against its number of training examples (log scale when they span 10×)."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    ax.scatter(counts, forgetting, s=14, alpha=0.7, color="#4c78a8")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if max(counts) >= 10 * max(min(counts), 1):
+        ax.set_xscale("log")
+    ax.set_xlabel("training examples of the class")
+    ax.set_ylabel("forgetting (best earlier − final accuracy)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def score_histogram_png(suspect: Sequence[float], reference: Sequence[float]) -> bytes:
     """Dataset inference: the aggregated scores of the held-out halves, suspect against reference."""
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -9,7 +9,9 @@ from typing import Any
 import jinja2
 import yaml
 
-from forgetlab.report.figures import accuracy_heatmap_png, decomposition_png, lines_png, task_curves_png
+from forgetlab.eval.per_class import per_class_forgetting
+from forgetlab.report.figures import (accuracy_heatmap_png, class_forgetting_png, decomposition_png, lines_png,
+                                     task_curves_png)
 
 MISSING = "–"
 
@@ -66,6 +68,10 @@ def write_report(results: dict, path: Path) -> Path:
         figures.append(
             {"title": "Linear-probe matrix P", "uri": _data_uri(accuracy_heatmap_png(probe, tasks, "Probe accuracy P"))}
         )
+    class_forgetting = _class_forgetting(results)
+    if class_forgetting is not None:
+        figures.append({"title": "Each class's forgetting against its number of training examples",
+                        "uri": _data_uri(class_forgetting)})
     diagnostics = _diagnostics(results, tasks)
     page = _ENV.get_template("run.html").render(
         diagnostics=diagnostics,
@@ -85,6 +91,19 @@ def write_report(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _class_forgetting(results: dict) -> bytes | None:
+    """The per-class forgetting scatter, for runs whose classes differ in training frequency (or that
+    ask for a long tail) and that have a class with an earlier evaluation; else None."""
+    A, counts = results.get("per_class_accuracy"), results.get("class_train_counts")
+    if not A or not counts:
+        return None
+    transform = ((results.get("config") or {}).get("data") or {}).get("transform") or {}
+    if transform.get("zipf") is None and len(set(counts)) < 2:
+        return None
+    points = [(n, f) for n, f in zip(counts, per_class_forgetting(A)) if f is not None]
+    return class_forgetting_png(*zip(*points)) if points else None
 
 
 def _seen_means(matrix: list[list[float | None]]) -> list[float]:
