@@ -43,6 +43,7 @@ def test_batched_statistic_equals_the_loop(arch, head, square):
     fast = batched_statistic(learner, objective, params, [batch(data.subset(torch.arange(3))),
                                                           batch(data.subset(torch.arange(3, 6)))], square)
     assert set(fast) == set(loop)
+    assert not any(t.requires_grad for t in fast.values())        # no autograd history kept alive
     used = [k for k in loop if loop[k].abs().sum() > 0]
     assert len(used) > 10 and any("embed" in k or "wte" in k for k in used)
     scale = max(t.abs().max().item() for t in loop.values())    # (a key bias's gradient is 0 up to rounding)

@@ -47,9 +47,10 @@ def batched_statistic(model: nn.Module, objective: Callable[[dict], torch.Tensor
             value = objective(batch)
         outputs = [call.output for call in recorder.calls]
         grads = torch.autograd.grad(value, outputs, allow_unused=True) if outputs else []
-        for call, g in zip(recorder.calls, grads):
-            if g is not None:
-                _accumulate(call, g.detach(), owners[call.module], params, totals, square)
+        with torch.no_grad():                         # (an activation's graph must not grow into the totals)
+            for call, g in zip(recorder.calls, grads):
+                if g is not None:
+                    _accumulate(call, g, owners[call.module], params, totals, square)
     return totals
 
 
@@ -84,7 +85,8 @@ def _owners(model: nn.Module, objective, params: dict, batch: dict) -> dict[nn.M
 
 class _Call:
     def __init__(self, module: nn.Module, args: tuple, output: torch.Tensor):
-        self.module, self.args, self.output = module, args, output
+        self.module, self.output = module, output
+        self.args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 class _Recorder:
