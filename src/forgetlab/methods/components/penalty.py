@@ -33,9 +33,9 @@ class QuadraticPenalty:
             old_mu = self.center.get(n, torch.zeros_like(anchor))
             total = old_w + w
             mu = torch.where(total > 0, (old_w * old_mu + w * anchor) / total.clamp_min(1e-30), anchor)
-            # c gains what the new centre leaves out: old_w old_mu^2 + w anchor^2 - total mu^2
-            self.offset += (old_w.double() * old_mu.double() ** 2 + w.double() * anchor.double() ** 2
-                            - total.double() * mu.double() ** 2).sum().item()
+            # c gains what the new centre leaves out: old_w old_mu^2 + w anchor^2 - total mu^2, which is
+            # old_w w / total (old_mu - anchor)^2 (no cancellation), summed in float64
+            self.offset += (old_w * w / total.clamp_min(1e-30) * (old_mu - anchor).pow(2)).sum(dtype=torch.float64).item()
             self.importance[n], self.center[n] = total.clone(), mu.clone()
         self.tasks += 1
 

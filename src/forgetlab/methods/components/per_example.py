@@ -67,6 +67,7 @@ def _owners(model: nn.Module, objective, params: dict, batch: dict) -> dict[nn.M
             h.remove()
     if len(set(map(id, called))) != len(called):
         raise Unsupported("a module runs more than once per forward pass")
+    size = {m: sum(1 for _ in m.modules()) for m in called}
     holders: dict[int, list[nn.Module]] = {}
     for m in called:
         for q in m.parameters():
@@ -75,7 +76,7 @@ def _owners(model: nn.Module, objective, params: dict, batch: dict) -> dict[nn.M
     for n, p in params.items():
         if id(p) not in holders:
             continue                                  # not used in this forward: its statistic is 0
-        inner, *outer = sorted(holders[id(p)], key=lambda m: sum(1 for _ in m.modules()))
+        inner, *outer = sorted(holders[id(p)], key=lambda m: size[m])
         if any(not any(c is inner for c in m.modules()) for m in outer):
             raise Unsupported(f"{n} is shared between modules")
         local = next(k for k, q in inner.named_parameters() if q is p)
