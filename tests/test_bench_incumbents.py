@@ -110,3 +110,25 @@ def test_compare_gives_a_complete_row(tiny_bert, method):
         R = np.array(row[f"{side}_R"])
         assert R.shape == (2, 2) and ((R >= 0) & (R <= 1)).all() and R[0, 1] == 0.0
         assert 0 <= row[f"{side}_acc"] <= 1 and row[f"{side}_acc"] == pytest.approx(R[-1].mean())
+
+
+def test_avalanche_side_cuts_each_batch_to_its_longest_text(tiny_bert):
+    # Avalanche stacks fixed-length tensors; PackedInputs hands the classifier ids and mask of the
+    # batch's longest text, so the logits equal those of the unpadded batch
+    from forgetlab.bench.avalanche_side import PackedInputs
+
+    model = incumbents.Classifier(tiny_bert, num_classes=4).eval()
+    model.seen[:] = True
+    ids = torch.randint(1000, 2000, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    padded = torch.zeros(2, 2, 8, dtype=torch.long)
+    padded[:, 0, :5], padded[:, 1, :5] = ids * mask, mask
+    seen_widths = []
+    hook = model.encoder.register_forward_pre_hook(lambda m, a, kw: seen_widths.append(kw["input_ids"].shape[1]),
+                                                   with_kwargs=True)
+    with torch.no_grad():
+        packed = PackedInputs(model)(padded)
+        direct = model(ids * mask, mask)["logits"]
+    hook.remove()
+    assert seen_widths == [5, 5]
+    torch.testing.assert_close(packed, direct)
