@@ -15,6 +15,7 @@ from forgetlab.data.corpus import chunk_text, corpus_splits
 from forgetlab.models.backbones import PRESETS
 from forgetlab.models.bpe import train_bpe
 from forgetlab.models.lm_families import build_lm, gpt2_params, non_embedding_params
+from forgetlab.models.lstm_lm import lstm_params
 from forgetlab.train.pretrain import _batches, _lr, pretrain, token_stream, validation_perplexity
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "train.txt"
@@ -53,6 +54,16 @@ def test_each_gpt2_preset_has_the_parameters_it_claims(size):
     assert non_embedding_params(model) == layers * (12 * dim * dim + 13 * dim) + 2 * dim
 
 
+def test_lstm_param_formula_by_hand_and_presets():
+    # V·d + L·(8d² + 8d) with V=100, d=4, L=1: 400 + 128 + 32
+    assert lstm_params(100, 4, 1) == 560
+    for size in ("nano", "tiny", "small", "medium"):
+        dim, layers, _ = PRESETS[size]
+        model = build_lm(LMConfig(arch="lstm", size=size, seq_len=64), vocab_size=1000, pad_id=0, eos_id=1)
+        assert sum(p.numel() for p in model.parameters()) == lstm_params(1000, dim, layers)
+        assert model.lm_head.weight is model.model.embed_tokens.weight          # tied
+
+
 def test_presets_span_more_than_twenty_times():
     counts = [gpt2_params(4096, 256, d, n) for d, n, _ in (PRESETS[s] for s in ("tiny", "small", "medium", "base"))]
     assert counts == sorted(counts) and counts[-1] / counts[0] > 20
@@ -64,7 +75,9 @@ def test_moe_active_mlp_parameters_match_the_dense_preset():
     dim = PRESETS["small"][0]
     experts = model.model.layers[0].mlp.experts
     per_expert = sum(p.numel() for p in experts.parameters()) / cfg.experts
-    assert per_expert * cfg.experts_per_token == pytest.approx(8 * dim * dim, rel=0.01)
+    # I = 8·d/(3·k) = 170.7 for d = 128, k = 2, rounded to a multiple of 8: 168; active 2·3·128·168
+    assert per_expert == 3 * dim * 168
+    assert per_expert * cfg.experts_per_token == pytest.approx(8 * dim * dim, rel=0.02)
 
 
 def test_lr_schedule_warms_up_then_decays_to_its_floor():
@@ -108,7 +121,8 @@ def test_chunk_text_joins_whole_lines():
     assert chunks == ["aaaa\nbb", "cccccc"]                    # "d\ne" is a short tail, dropped
 
 
-def test_checkpoints_reload_to_identical_logits_and_recorded_perplexity(tmp_path):
+@pytest.mark.parametrize("arch", ["gpt2", "lstm", "moe"])
+def test_checkpoints_reload_to_identical_logits_and_recorded_perplexity(tmp_path, arch):
     from transformers import AutoModelForCausalLM
 
     from forgetlab.config import BackboneConfig
@@ -116,8 +130,9 @@ def test_checkpoints_reload_to_identical_logits_and_recorded_perplexity(tmp_path
 
     cfg = load_pretrain_config({
         "seed": 0, "corpus": {"name": "tinyshakespeare", "max_train_chars": 60_000},
-        "tokenizer": {"vocab_size": 500}, "model": {"size": "nano", "seq_len": 32},
-        "train": {"steps": 6, "batch_size": 4, "save_steps": [3], "eval_tokens": 256}})
+        "tokenizer": {"vocab_size": 500}, "model": {"arch": arch, "size": "nano", "seq_len": 32},
+        "train": {"steps": 6, "batch_size": 4, "save_steps": [3], "eval_tokens": 256, "warmup_steps": 1,
+                  "lr": 3e-3}})
     record = pretrain(cfg, tmp_path / "pt")
     assert [c["step"] for c in record["checkpoints"]] == [3, 6]
     assert [c["tokens"] for c in record["checkpoints"]] == [3 * 4 * 32, 6 * 4 * 32]

@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Measure, explain and reduce forgetting when fine-tuning language models on a stream of tasks.")
 out = Console()
 METRIC_KEYS = ("acc", "avg_incremental_acc", "learning_acc", "bwt", "fwt", "forgetting", "intransigence")
+LM_METRIC_KEYS = ("ppl", "learning_ppl", "bwt_ppl", "fwt_ppl", "forgetting_ppl", "nll", "bwt_nll")   # lower is better
 
 
 @app.command()
@@ -48,8 +49,12 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
     if path is not None and (path / "results.json").is_file():
         raw = json.loads((path / "results.json").read_text())
         _print_table(_metrics_table([raw], title=f"run {raw['run_id']} ({raw['status']})"))
+        lm = raw.get("perplexity_matrix")
         if raw.get("accuracy_matrix"):
-            _print_table(_matrix_table(raw["accuracy_matrix"], raw["tasks"]))
+            _print_table(_matrix_table(raw["accuracy_matrix"], raw["tasks"],
+                                       f"{'next-token ' if lm else ''}accuracy matrix R[i, j]"))
+        if lm:
+            _print_table(_matrix_table(lm, raw["tasks"], "perplexity matrix P[i, j] (lower is better)"))
         return
     db = store or (path / "forgetlab.db" if path else Path("runs/forgetlab.db"))
     if not db.is_file():
@@ -252,13 +257,14 @@ def _fmt(v) -> str:
 
 def _metrics_table(raws: list[dict], title: str) -> Table:
     table = Table("metric", *(escape(str(r.get("run_id", ""))) for r in raws), title=escape(title))
-    for k in METRIC_KEYS:
+    lm = [k for k in LM_METRIC_KEYS if any(k in (r.get("metrics") or {}) for r in raws)]
+    for k in METRIC_KEYS + tuple(lm):
         table.add_row(k, *(_fmt((r.get("metrics") or {}).get(k)) for r in raws))
     return table
 
 
-def _matrix_table(R: list[list[float]], tasks: list[str]) -> Table:
-    table = Table("after \\ on", *map(escape, tasks), title=escape("accuracy matrix R[i, j]"))
+def _matrix_table(R: list[list[float]], tasks: list[str], title: str) -> Table:
+    table = Table("after \\ on", *map(escape, tasks), title=escape(title))
     for name, row in zip(tasks, R):
         table.add_row(escape(name), *(f"{x:.3f}" for x in row))
     return table

@@ -54,11 +54,18 @@ class TransformConfig(Section):
         return self
 
 
+# Keys only one kind of stream reads: classification streams, or language-modelling ones (text corpora).
+CLASSIFICATION_DATA_KEYS = ("classes_per_task", "num_tasks", "exact_division", "task_field", "max_train_per_class",
+                            "max_test_per_class", "drop_labels", "transform")
+LANGUAGE_MODELING_DATA_KEYS = ("max_train_tokens", "max_eval_tokens", "valid_fraction")
+
+
 class DataConfig(Section):
     name: str | None = None                      # a built-in data set name
     path: str | None = None                      # or a local folder (JSONL) or CSV file
     sequence: list[str] | None = None            # or several data sets, one task each
-    scenario: Literal["class_incremental", "task_incremental", "domain_incremental"] = "class_incremental"
+    scenario: Literal["class_incremental", "task_incremental", "domain_incremental",
+                      "language_modeling"] = "class_incremental"   # language_modeling: corpora, next-token loss
     classes_per_task: int | None = Field(None, ge=1)
     num_tasks: int | None = Field(None, ge=1)
     exact_division: bool = True                  # classes must divide evenly into tasks
@@ -70,12 +77,25 @@ class DataConfig(Section):
     max_tasks: int | None = Field(None, ge=1)
     drop_labels: list[str] = []                  # labels removed before splitting (e.g. "oos")
     transform: TransformConfig | None = None     # redundancy, sparsity, few-shot, long tail (training sets only)
+    max_train_tokens: int | None = Field(None, ge=2)   # language_modeling: training tokens per task (None: all)
+    max_eval_tokens: int | None = Field(8192, ge=2)    # language_modeling: held-out tokens per task (None: all)
+    valid_fraction: float = Field(0.05, gt=0, lt=1)    # language_modeling: a text's (or book's) tail held out
 
     @model_validator(mode="after")
     def _one_source(self):
         given = [k for k in ("name", "path", "sequence") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("set exactly one of data.name, data.path or data.sequence")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_of_the_scenario(self):
+        lm = self.scenario == "language_modeling"
+        for key in CLASSIFICATION_DATA_KEYS if lm else LANGUAGE_MODELING_DATA_KEYS:
+            # a value other than the default (a resolved config lists every key at its default)
+            if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True):
+                kind = "a classification stream" if lm else "data.scenario: language_modeling"
+                raise ValueError(f"data.{key}: only for {kind}, not {self.scenario}")
         return self
 
 
@@ -155,7 +175,7 @@ class Config(Section):
 
 class CorpusConfig(Section):
     """The text a language model is pretrained on."""
-    name: str | None = None                      # built-in corpus: gutenberg_nltk or tinyshakespeare
+    name: str | None = None                      # built-in corpus: gutenberg_nltk, tinyshakespeare or wikitext2
     path: str | None = None                      # or a folder (train.txt, valid.txt), a .txt file or a .jsonl of texts
     valid_path: str | None = None                # validation text (default: the folder's valid.txt, else a held-out tail)
     valid_fraction: float = Field(0.05, gt=0, lt=1)   # share of documents (or of a single text) held out
@@ -175,7 +195,7 @@ class TokenizerConfig(Section):
 
 
 class LMConfig(Section):
-    arch: Literal["gpt2", "moe"] = "gpt2"        # GPT-2-style Transformer, or a Mixtral-style mixture of experts
+    arch: Literal["gpt2", "lstm", "moe"] = "gpt2"   # GPT-2-style Transformer, LSTM, or Mixtral-style mixture of experts
     size: str = "small"                          # width/depth preset (see models/lm_families.py)
     dim: int | None = Field(None, ge=8)          # these three, when set, replace the preset's
     layers: int | None = Field(None, ge=1)
@@ -221,7 +241,7 @@ class PretrainConfig(Section):
 
 
 # The keys a run repeats over: sweep labels leave them out, reports average over them and pair on them.
-REPLICATE_PATHS = ("seed", "data.order_seed", "data.order")
+REPLICATE_PATHS = ("seed", "data.order_seed", "data.order", "data.transform.seed")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -40,6 +40,15 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
     return Path(root) / f"{cfg.name or cfg.method['name']}-{cfg.hash()[:10]}"
 
 
+def make_engine(cfg: Config) -> "Engine":
+    """The engine the stream needs: this module's for classification, ``lm_engine``'s for language modelling."""
+    if cfg.data.scenario == "language_modeling":
+        from .lm_engine import LMEngine  # late import: it builds on Engine
+
+        return LMEngine(cfg)
+    return Engine(cfg)
+
+
 class Engine:
     """Holds what a run builds once (stream, learner, method) and runs it task by task."""
 
@@ -242,12 +251,7 @@ class Engine:
         if probe_matrix is not None:
             metrics["probe_acc"] = diagnostics["summary"]["probe_acc"]
         results = {
-            "forgetlab_version": __version__,
-            "run_id": state["run_id"],
-            "status": "completed",
-            "config": cfg.to_dict(),
-            "scenario": stream.scenario,
-            "tasks": [t.name for t in stream.tasks],
+            **self._results_head(state),
             "accuracy_matrix": R.tolist(),
             "probe_matrix": probe_matrix,
             "baseline_accuracy": state["baseline"],
@@ -256,16 +260,24 @@ class Engine:
             "per_class_accuracy": state["class_rows"],
             "metrics": metrics,
             "diagnostics": diagnostics,
-            "timing": {"train_s": state["train_s"], "eval_s": state["eval_s"],
-                       "total_s": elapsed_before + time.perf_counter() - t_start},
-            "task_log": state["log"],
-            "resources": _resources(self.device),
-            "environment": environment(cfg.seed, self.device),
+            **self._results_tail(state, {"train_s": state["train_s"], "eval_s": state["eval_s"],
+                                         "total_s": elapsed_before + time.perf_counter() - t_start}),
         }
         return results
 
+    def _results_head(self, state: dict) -> dict:
+        """The first keys of results.json, the same for every kind of stream."""
+        return {"forgetlab_version": __version__, "run_id": state["run_id"], "status": "completed",
+                "config": self.cfg.to_dict(), "scenario": self.stream.scenario,
+                "tasks": [t.name for t in self.stream.tasks]}
 
-def _resources(device: torch.device) -> dict:
+    def _results_tail(self, state: dict, timing: dict) -> dict:
+        """The last keys of results.json: timing, the task log, resources and the environment."""
+        return {"timing": timing, "task_log": state["log"], "resources": resources(self.device),
+                "environment": environment(self.cfg.seed, self.device)}
+
+
+def resources(device: torch.device) -> dict:
     """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory."""
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"peak_rss_mib": peak_rss_mib(), "peak_cuda_mib": cuda}

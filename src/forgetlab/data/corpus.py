@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 from ..config import CorpusConfig
 from ..errors import UserError
 
-BUILTIN_CORPORA = ("gutenberg_nltk", "tinyshakespeare")
+BUILTIN_CORPORA = ("gutenberg_nltk", "tinyshakespeare", "wikitext2")
+BOOK_HEADER = re.compile(r"^\[(?P<title>.+?) by .+ \d{4}\]\s*$")      # "[Emma by Jane Austen 1816]"
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
@@ -40,14 +42,15 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
 def corpus_splits(cfg: CorpusConfig, seed: int) -> tuple[list[str], list[str]]:
     """(train documents, validation documents) of a pretraining corpus.
 
-    A folder or built-in name gives its ``train.txt`` and ``valid.txt`` (each one document); a
+    A folder or built-in name gives its training and validation files (``folder_files``, each one document); a
     ``.jsonl`` file gives one document a line, a seeded ``valid_fraction`` of them held out; a single
     ``.txt`` file is cut at ``1 - valid_fraction`` of its characters.
     """
-    source = _builtin_corpus(cfg.name) if cfg.name else Path(cfg.path)
+    source = builtin_corpus(cfg.name) if cfg.name else Path(cfg.path)
     if source.is_dir():
-        train = [_read(source / "train.txt")]
-        valid = [_read(Path(cfg.valid_path) if cfg.valid_path else source / "valid.txt")]
+        train_file, valid_file = folder_files(source)
+        train = [_read(train_file)]
+        valid = [_read(Path(cfg.valid_path) if cfg.valid_path else valid_file)]
     elif source.is_file() and source.suffix == ".jsonl":
         docs = read_texts(source, cfg.text_field)
         random.Random(seed).shuffle(docs)
@@ -85,13 +88,34 @@ def chunk_text(text: str, chars: int) -> list[str]:
     return chunks
 
 
-def _builtin_corpus(name: str) -> Path:
+def folder_files(folder: Path) -> tuple[Path, Path]:
+    """A corpus folder's training and held-out files: ``train.txt`` and ``valid.txt``, or where there
+    is no ``train.txt`` (WikiText-2 here), ``valid.txt`` and ``test.txt``."""
+    names = ("train.txt", "valid.txt") if (folder / "train.txt").is_file() else ("valid.txt", "test.txt")
+    return folder / names[0], folder / names[1]
+
+
+def split_books(text: str) -> list[tuple[str, str]]:
+    """(title, text) of each book of a text where every book starts with a line like
+    ``[Emma by Jane Austen 1816]`` (as gutenberg_nltk's); text before the first such line is dropped."""
+    books: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        header = BOOK_HEADER.match(line)
+        if header:
+            books.append((header["title"], []))
+        elif books:
+            books[-1][1].append(line)
+    return [(title, "\n".join(lines)) for title, lines in books]
+
+
+def builtin_corpus(name: str, key: str = "corpus.name") -> Path:
+    """The folder of a built-in corpus in FORGETLAB_DATA_DIR; errors name the config ``key``."""
     if name not in BUILTIN_CORPORA:
-        raise UserError(f"corpus.name: unknown corpus '{name}' (built-in: {', '.join(BUILTIN_CORPORA)}; "
-                        "or give corpus.path)")
+        raise UserError(f"{key}: unknown corpus '{name}' (built-in: {', '.join(BUILTIN_CORPORA)}; "
+                        "or give a path)")
     folder = Path(os.environ.get("FORGETLAB_DATA_DIR", "")) / name
-    if not (folder / "train.txt").is_file():
-        raise UserError(f"corpus.name: {name} not found in FORGETLAB_DATA_DIR ({folder})")
+    if not folder.is_dir():
+        raise UserError(f"{key}: {name} not found in FORGETLAB_DATA_DIR ({folder})")
     return folder
 
 

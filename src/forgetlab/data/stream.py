@@ -77,7 +77,7 @@ def _check_test_labels(ds: Dataset) -> None:
             raise UserError(f"data set '{ds.name}': test label '{ex.label}' appears in no training example")
 
 
-def _ordered(items: list[str], cfg: DataConfig, what: str) -> list[str]:
+def ordered(items: list[str], cfg: DataConfig, what: str) -> list[str]:
     """Explicit ``data.order``, else a permutation seeded by ``data.order_seed``, else as given."""
     if cfg.order is not None:
         unknown = [x for x in cfg.order if x not in items]
@@ -93,7 +93,7 @@ def _ordered(items: list[str], cfg: DataConfig, what: str) -> list[str]:
 
 
 def _class_groups(ds: Dataset, cfg: DataConfig) -> list[Group]:
-    labels = _ordered(sorted({ex.label for ex in ds.train}), cfg, "class")
+    labels = ordered(sorted({ex.label for ex in ds.train}), cfg, "class")
     n = len(labels)
     if cfg.classes_per_task:
         size = cfg.classes_per_task
@@ -122,7 +122,7 @@ def _domain_groups(ds: Dataset, cfg: DataConfig, seed: int) -> list[Group]:
         for ex in ds.train[:1]:
             if cfg.task_field not in ex.fields:
                 raise UserError(f"data.task_field: the examples of '{ds.name}' have no field '{cfg.task_field}'")
-        names = _ordered(sorted({str(ex.fields.get(cfg.task_field)) for ex in ds.train}), cfg, "domain")
+        names = ordered(sorted({str(ex.fields.get(cfg.task_field)) for ex in ds.train}), cfg, "domain")
         return [(d, labels, [e for e in ds.train if str(e.fields.get(cfg.task_field)) == d],
                  [e for e in ds.test if str(e.fields.get(cfg.task_field)) == d]) for d in names]
     if not cfg.num_tasks:
@@ -137,7 +137,7 @@ def _domain_groups(ds: Dataset, cfg: DataConfig, seed: int) -> list[Group]:
 
 def _sequence_groups(cfg: DataConfig, seed: int) -> list[Group]:
     """Several data sets in sequence, one task each; labels are namespaced unless domain-incremental."""
-    names = _ordered(list(cfg.sequence), cfg, "data set")
+    names = ordered(list(cfg.sequence), cfg, "data set")
     groups = []
     for name in names:
         ds = load_dataset(name, None, seed) if "/" not in name and not name.startswith(".") else load_dataset(None, name, seed)

@@ -1,4 +1,5 @@
-"""Continual-learning metrics as pure functions of the accuracy matrix (formulas in DESIGN.md).
+"""Continual-learning metrics as pure functions of the accuracy matrix, or of a language-modelling
+stream's perplexity or NLL matrix (formulas in DESIGN.md).
 
 ``R[i, j]`` is the accuracy on task j after training through task i. Metrics that need two
 tasks return ``None`` when T = 1, never NaN.
@@ -82,3 +83,37 @@ def all_metrics(R, b=None, joint_reference=None) -> dict[str, float | None]:
         "intransigence": intransigence(R, joint_reference),
         "learning_acc": learning_accuracy(R),
     }
+
+
+def lower_is_better_metrics(M, b: Sequence[float] | None, name: str) -> dict[str, float | None]:
+    """The metrics of a matrix where lower is better — perplexity (``name="ppl"``) or mean next-token
+    NLL (``"nll"``, the log of perplexity) — keyed with ``name``; M[i, j] is task j's value after
+    training through task i and b_j its value before any training:
+
+    - ``{name}`` = (1/T) Σ_j M[T-1, j]
+    - ``avg_incremental_{name}`` = (1/T) Σ_i (1/(i+1)) Σ_{j≤i} M[i, j]
+    - ``learning_{name}`` = (1/T) Σ_j M[j, j]
+    - ``bwt_{name}`` = 1/(T-1) Σ_{j<T-1} (M[T-1, j] − M[j, j]); positive: forgetting
+    - ``fwt_{name}`` = 1/(T-1) Σ_{j≥1} (M[j-1, j] − b_j); negative: earlier tasks helped
+    - ``forgetting_{name}`` = 1/(T-1) Σ_{j<T-1} (M[T-1, j] − min_{i<T-1} M[i, j])
+
+    They are the accuracy formulas with the sign of forgetting turned (its best earlier value is a minimum).
+    """
+    M = _square(M)
+    return {
+        name: average_accuracy(M),
+        f"avg_incremental_{name}": average_incremental_accuracy(M),
+        f"learning_{name}": learning_accuracy(M),
+        f"bwt_{name}": backward_transfer(M),
+        f"fwt_{name}": forward_transfer(M, b),
+        f"forgetting_{name}": forgetting(-M),       # max_i (−M[i, j]) − (−M[T-1, j])
+    }
+
+
+LOWER_IS_BETTER = ("forgetting", "intransigence")
+
+
+def metric_direction(key: str) -> str:
+    """"higher" or "lower": which way a metric of results.json is better (perplexity and NLL metrics: lower)."""
+    lower = key in LOWER_IS_BETTER or key.endswith(("ppl", "nll"))
+    return "lower" if lower else "higher"

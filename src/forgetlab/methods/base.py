@@ -4,7 +4,9 @@ Subclasses set ``name`` (the config name; setting it registers the class), optio
 ``Config`` with their own keys, and override only the hooks they change. Every method can
 compose a replay memory (``method: {name: ewc, replay: {size: 150}}``): the base class fills it
 after each task and mixes a memory batch into every training batch. A subclass that overrides
-``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working.
+``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working. A method that
+also applies to language-modelling streams (next-token loss, no head, no class labels) sets
+``language_modeling = True``.
 """
 from __future__ import annotations
 
@@ -62,12 +64,18 @@ class Context:
         return merged.subset(torch.cat(where).argsort())
 
 
+def targets(batch: dict, out: Output) -> torch.Tensor:
+    """What each row of ``out.logits`` should predict: the batch's labels, or a language model's next tokens."""
+    return batch["labels"] if out.targets is None else out.targets
+
+
 class Method:
     """Sequential training with cross-entropy: the base every method builds on."""
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     needs_causal_lm: ClassVar[bool] = False
+    language_modeling: ClassVar[bool] = False     # trains on language-modelling streams (no head, no labels)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -91,12 +99,14 @@ class Method:
         return self.ctx.inputs(task, "train")
 
     def loss(self, batch: dict, out: Output) -> torch.Tensor:
-        """Cross-entropy on the batch (joined by a memory batch if there is a memory) plus ``penalty``."""
-        logits, labels = out.logits, batch["labels"]
+        """Cross-entropy on the batch (joined by a memory batch if there is a memory) plus ``penalty``:
+        against the labels, or for a language model, the next tokens."""
+        logits, labels = out.logits, targets(batch, out)
         memory = self.memory_batch()
         if memory is not None:
-            logits = torch.cat([logits, self.learner(memory).logits])
-            labels = torch.cat([labels, memory["labels"]])
+            replayed = self.learner(memory)
+            logits = torch.cat([logits, replayed.logits])
+            labels = torch.cat([labels, targets(memory, replayed)])
         return F.cross_entropy(logits, labels) + self.penalty(batch, out)
 
     def penalty(self, batch: dict, out: Output) -> torch.Tensor:

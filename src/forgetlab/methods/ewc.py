@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..errors import UserError
 from .base import Method, MethodConfig
 from .components.importance import diagonal_fisher
 from .components.penalty import QuadraticPenalty
@@ -29,9 +30,13 @@ class EWCConfig(MethodConfig):
 class EWC(Method):
     name = "ewc"
     Config = EWCConfig
+    language_modeling = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
+        if cfg.fisher == "empirical" and learner.scenario == "language_modeling":
+            raise UserError("method.fisher: the empirical Fisher needs class labels; "
+                            "use 'true' (next tokens drawn from the model) on a language_modeling stream")
         self.consolidated = QuadraticPenalty()
 
     def penalty(self, batch, out):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ..errors import UserError
 from .base import Method, MethodConfig
 
 
@@ -13,6 +14,13 @@ class FreezeConfig(MethodConfig):
 class Freeze(Method):
     name = "freeze"
     Config = FreezeConfig
+    language_modeling = True
+
+    def __init__(self, cfg, learner, ctx):
+        super().__init__(cfg, learner, ctx)
+        if cfg.layers is None and learner.scenario == "language_modeling":
+            raise UserError("method.layers: a whole frozen backbone leaves a language model nothing to train "
+                            "(its output layer is the backbone's); set how many layers to freeze")
 
     def before_task(self, task):
         if task.index == 0:

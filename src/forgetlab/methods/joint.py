@@ -3,6 +3,7 @@
 The upper bound that forgetting is measured against; the model keeps training from where the
 previous task left it.
 """
+from ..errors import UserError
 from ..train.batching import Inputs
 from .base import Method, MethodConfig
 
@@ -14,6 +15,12 @@ class JointConfig(MethodConfig):
 class Joint(Method):
     name = "joint"
     Config = JointConfig
+    language_modeling = True
+
+    def __init__(self, cfg, learner, ctx):
+        super().__init__(cfg, learner, ctx)
+        if cfg.freeze_backbone and learner.scenario == "language_modeling":
+            raise UserError("method.freeze_backbone: a frozen backbone leaves a language model nothing to train")
 
     def before_task(self, task):
         if task.index == 0 and self.cfg.freeze_backbone:

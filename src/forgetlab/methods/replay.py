@@ -17,3 +17,4 @@ class ReplayMethodConfig(MethodConfig):
 class Replay(Method):
     name = "replay"
     Config = ReplayMethodConfig
+    language_modeling = True

@@ -49,8 +49,9 @@ class Backbone(nn.Module):
 
     def lm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Next-token logits of a causal LM: its output embedding, or its input embedding where the
-        loaded model has none (tied weights, as in GPT-2)."""
+        loaded model has none (tied weights, as in GPT-2). Virtual tokens prompt tuning prepends get none."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
         out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         weight = out.weight if out is not None else self.model.get_input_embeddings().weight
         return hidden @ weight.T
@@ -157,6 +158,8 @@ def resolve_model_path(name: str) -> str:
 def _pretrained(cfg: BackboneConfig) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from . import lstm_lm  # noqa: F401  (registers forgetlab's LSTM LM with the Auto classes)
 
     hf_logging.disable_progress_bar()
 

@@ -15,8 +15,9 @@ from .heads import Head
 
 @dataclass
 class Output:
-    logits: torch.Tensor      # [B, C], classes the scenario rules out set to -inf
-    features: torch.Tensor    # [B, dim]
+    logits: torch.Tensor                  # [B, C], classes the scenario rules out set to -inf
+    features: torch.Tensor | None         # [B, dim]; None for a language model
+    targets: torch.Tensor | None = None   # a language model: the next token of each row of logits
 
 
 class Learner(nn.Module):

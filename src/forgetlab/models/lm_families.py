@@ -1,7 +1,9 @@
 """Causal language models built from a config for ``forgetlab pretrain``: Hugging Face classes, so a
 checkpoint loads with ``AutoModelForCausalLM`` and as a ``forgetlab run`` backbone.
 
-Sizes share the width/depth presets of the from-config backbones. A GPT-2-style preset's parameter
+Families: a GPT-2-style Transformer, an LSTM (``lstm_lm.py``, parameters ``lstm_params``) and a
+Mixtral-style mixture of experts. Sizes share the width/depth presets of the from-config backbones
+(an LSTM ignores ``heads``). A GPT-2-style preset's parameter
 count is exact: ``gpt2_params`` below; the embedding tables are tied to the LM head.
 """
 from __future__ import annotations
@@ -18,9 +20,14 @@ def build_lm(cfg: LMConfig, vocab_size: int, pad_id: int, eos_id: int) -> nn.Mod
     if cfg.size not in PRESETS:
         raise UserError(f"model.size: unknown preset '{cfg.size}' (presets: {', '.join(PRESETS)})")
     dim, layers, heads = (given or preset for given, preset in zip((cfg.dim, cfg.layers, cfg.heads), PRESETS[cfg.size]))
-    if dim % heads:
+    if cfg.arch != "lstm" and dim % heads:
         raise UserError(f"model.dim: {dim} is not divisible by {heads} heads")
     special = {"pad_token_id": pad_id, "bos_token_id": eos_id, "eos_token_id": eos_id}
+    if cfg.arch == "lstm":
+        from .lstm_lm import LSTMForCausalLM, LSTMLMConfig
+
+        return LSTMForCausalLM(LSTMLMConfig(vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=layers,
+                                            **special))
     if cfg.arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -30,10 +37,12 @@ def build_lm(cfg: LMConfig, vocab_size: int, pad_id: int, eos_id: int) -> nn.Mod
 
     if cfg.experts_per_token > cfg.experts:
         raise UserError("model.experts_per_token: more than model.experts")
-    # SwiGLU experts (3·d·I parameters each) of I = 8·d / (3·k): the MLP parameters active per token
-    # equal the dense 8·d² of the GPT-2 preset of the same size.
+    # SwiGLU experts (3·d·I parameters each) of I = 8·d / (3·k), rounded to a multiple of 8 (the grouped
+    # expert kernels need rows of 16-byte multiples): the MLP parameters active per token equal the
+    # dense 8·d² of the GPT-2 preset of the same size, to within that rounding.
+    intermediate = 8 * max(1, round(8 * dim / (3 * cfg.experts_per_token) / 8))
     return MixtralForCausalLM(MixtralConfig(
-        vocab_size=vocab_size, hidden_size=dim, intermediate_size=round(8 * dim / (3 * cfg.experts_per_token)),
+        vocab_size=vocab_size, hidden_size=dim, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         num_local_experts=cfg.experts, num_experts_per_tok=cfg.experts_per_token,
         max_position_embeddings=cfg.seq_len, tie_word_embeddings=True, **special))

@@ -1,4 +1,4 @@
-"""PNG figures of an accuracy matrix, rendered off-screen with matplotlib's Agg backend."""
+"""PNG figures of an accuracy (or perplexity) matrix, rendered off-screen with matplotlib's Agg backend."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
 Matrix = Sequence[Sequence[float]]
 
@@ -30,21 +31,39 @@ def _png(fig) -> bytes:
 
 def accuracy_heatmap_png(matrix: Matrix, tasks: Sequence[str], title: str) -> bytes:
     """A heat map of matrix[i][j] (row: after task i, column: task j), each cell annotated, colours 0..1."""
+    rows = [f"after {_label(tasks[i])}" for i in range(len(matrix))]
+    return _heatmap(matrix, tasks, rows, title, Normalize(0.0, 1.0), "viridis", "accuracy", lambda v: f"{v:.2f}")
+
+
+def perplexity_heatmap_png(matrix: Matrix, baseline: Sequence[float], tasks: Sequence[str], title: str) -> bytes:
+    """A heat map of a perplexity matrix under its baseline row (before any training), on a log colour
+    scale turned round so that lower perplexity (better) is brighter, as higher accuracy is."""
+    values = [baseline, *matrix]
+    low, high = min(map(min, values)), max(map(max, values))
+    rows = ["before training"] + [f"after {_label(tasks[i])}" for i in range(len(matrix))]
+    return _heatmap(values, tasks, rows, title, LogNorm(low, max(high, low * 1.001)), "viridis_r",
+                    "perplexity (lower is better)", lambda v: f"{v:.1f}" if v < 100 else f"{v:.0f}")
+
+
+def _heatmap(matrix: Matrix, tasks: Sequence[str], rows: Sequence[str], title: str, norm, cmap: str,
+             label: str, fmt) -> bytes:
+    """Rows ``rows`` by one column per task, each cell annotated with ``fmt(value)``."""
     n_rows, n_cols = len(matrix), len(matrix[0])
     side = max(3.0, 0.6 * max(n_rows, n_cols) + 2.0)
     font = 9 if max(n_rows, n_cols) <= 10 else 6
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
-    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="equal")
+    image = ax.imshow(matrix, norm=norm, cmap=cmap, aspect="equal")
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            colour = "black" if value > 0.6 else "white"
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font, color=colour)
+            shade = float(norm(value))
+            bright = (1.0 - shade if cmap.endswith("_r") else shade) > 0.6
+            ax.text(j, i, fmt(value), ha="center", va="center", fontsize=font, color="black" if bright else "white")
     ax.set_xticks(range(n_cols), [_label(tasks[j]) for j in range(n_cols)], rotation=45, ha="right", fontsize=font)
-    ax.set_yticks(range(n_rows), [f"after {_label(tasks[i])}" for i in range(n_rows)], fontsize=font)
+    ax.set_yticks(range(n_rows), rows, fontsize=font)
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("trained through task i")
     ax.set_title(_label(title))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
     return _png(fig)
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from forgetlab.eval.per_class import per_class_forgetting
 from forgetlab.report.figures import (accuracy_heatmap_png, class_forgetting_png, decomposition_png, lines_png,
-                                     task_curves_png)
+                                     perplexity_heatmap_png, task_curves_png)
 
 MISSING = "–"
 
@@ -24,6 +24,18 @@ METRICS = (
     ("forgetting", "mean drop from each task's best accuracy"),
     ("intransigence", "gap to the joint model when learning each task"),
     ("probe_acc", "final average accuracy of a probe on the frozen features"),
+)
+LM_METRICS = tuple(
+    (f"{prefix}{unit}", f"{about} (lower is better)")
+    for unit, what in (("ppl", "perplexity"), ("nll", "log-perplexity (mean NLL, nats)"))
+    for prefix, about in (
+        ("", f"final average {what} over all tasks"),
+        ("avg_incremental_", f"{what} on seen tasks, averaged over the stream"),
+        ("learning_", f"{what} on each task just after learning it"),
+        ("bwt_", f"backward transfer in {what}: final − just learnt (positive: forgetting)"),
+        ("fwt_", f"forward transfer in {what}: just before learning a task − before any training"),
+        ("forgetting_", f"mean rise of {what} from each task's best earlier value"),
+    )
 )
 SUMMARY = (
     ("across_task_acc_old", "observed accuracy on old tasks at the end (all seen classes to choose from)"),
@@ -73,14 +85,17 @@ def write_report(results: dict, path: Path) -> Path:
         figures.append({"title": "Each class's forgetting against its number of training examples",
                         "uri": _data_uri(class_forgetting)})
     diagnostics = _diagnostics(results, tasks)
+    lm = _language_modeling(results, tasks)
+    shown = METRICS + (LM_METRICS if lm else ())
     page = _ENV.get_template("run.html").render(
         diagnostics=diagnostics,
+        lm=lm,
         run_id=results.get("run_id", ""),
         status=results.get("status", ""),
         scenario=results.get("scenario", ""),
         version=results.get("forgetlab_version", ""),
         tasks=tasks,
-        metrics=[(name, _fmt(metrics.get(name)), about) for name, about in METRICS],
+        metrics=[(name, _fmt(metrics.get(name)), about) for name, about in shown],
         figures=figures,
         curves_uri=_data_uri(task_curves_png(matrix, tasks)),
         matrix=[[_fmt(v) for v in row] for row in matrix],
@@ -104,6 +119,22 @@ def _class_forgetting(results: dict) -> bytes | None:
         return None
     points = [(n, f) for n, f in zip(counts, per_class_forgetting(A)) if f is not None]
     return class_forgetting_png(*zip(*points)) if points else None
+
+
+def _language_modeling(results: dict, tasks: list[str]) -> dict | None:
+    """The perplexity section of a language-modelling run (None for other runs): the heat map and
+    table of P under its baseline row, and each task's perplexity across the stream."""
+    P, b = results.get("perplexity_matrix"), results.get("baseline_perplexity")
+    if P is None:
+        return None
+    curves = {tasks[j]: [b[j]] + [row[j] for row in P] for j in range(len(tasks))}
+    figures = [{"title": "Perplexity matrix P (lower is better)",
+                "uri": _data_uri(perplexity_heatmap_png(P, b, tasks, "Perplexity P"))},
+               {"title": "Each task's perplexity before the stream (0) and after each task",
+                "uri": _data_uri(lines_png(curves, "tasks trained", "perplexity", "perplexity (lower is better)",
+                                           ylim=None, start=0))}]
+    rows = [("before training", b)] + [(f"after {tasks[i]}", row) for i, row in enumerate(P)]
+    return {"figures": figures, "rows": [(label, [_fmt(v, 2) for v in row]) for label, row in rows]}
 
 
 def _seen_means(matrix: list[list[float | None]]) -> list[float]:
