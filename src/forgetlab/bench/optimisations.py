@@ -7,7 +7,9 @@
 - ``threads``: a training step on all cores against one core;
 - ``group_by_length``: an epoch of training steps (forward + backward) on batches drawn from
   length-sorted groups (``train.group_by_length``) against plain random batches;
-- ``collapsed_penalty``: EWC's penalty over 10 consolidated tasks kept as one quadratic against ten.
+- ``collapsed_penalty``: EWC's penalty over 10 consolidated tasks kept as one quadratic against ten;
+- ``batched_fisher``: EWC's diagonal Fisher from batched per-example gradients against one backward
+  pass per example (the same numbers: ``tests/test_per_example.py``).
 The feature cache, bf16 autocast and ``torch.compile`` are measured by ``frozen`` and ``mfu``.
 Each figure is seconds off over seconds on (above 1: the optimisation helps).
 """
@@ -18,11 +20,13 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..config import load_config
+from ..config import HeadConfig, load_config
 from ..data.stream import build_stream
+from ..methods.components.importance import diagonal_fisher
 from ..methods.components.penalty import QuadraticPenalty
 from ..models.backbones import build_backbone
-from ..train.batching import epoch_batches, length_sorted_batches, pad
+from ..models.learner import Learner
+from ..train.batching import Inputs, epoch_batches, length_sorted_batches, make_batch, pad
 from .common import MINILM, fastest, interleaved
 
 
@@ -44,7 +48,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
                        "data": {"name": "clinc150", "scenario": "class_incremental", "classes_per_task": 10,
                                 "max_tasks": 5, "max_test_per_class": 3 if quick else 30}})
     backbone = build_backbone(cfg.backbone).eval()
-    texts = [x for t in build_stream(cfg.data, cfg.seed).tasks for x in t.test_texts]
+    stream = build_stream(cfg.data, cfg.seed)
+    texts = [x for t in stream.tasks for x in t.test_texts]
     tokens = backbone.tokenize(texts)
     n, size = len(tokens), 128
     sorted_batches = length_sorted_batches([len(t) for t in tokens], size)
@@ -122,5 +127,19 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     times = interleaved({"on": lambda: penalty_steps([collapsed]), "off": lambda: penalty_steps(separate)}, rounds)
     rows.append({"optimisation": "collapsed_penalty", "speedup": _ratio(times), "times": times,
                  "what": "EWC penalty value + gradient over 10 tasks; state 2 copies instead of 20"})
+    learner = Learner(backbone, HeadConfig(), stream).eval()
+    learner.begin_task(stream.tasks[0])
+    first = stream.tasks[0].test_labels[: 64 if quick else 300]
+    labels = torch.tensor(first)
+    data = Inputs(labels, torch.zeros_like(labels), torch.arange(len(labels)), tokens=tokens[: len(first)])
+    params = {k: p for k, p in learner.named_parameters() if p.requires_grad}
+
+    def fisher(batched: bool) -> None:
+        diagonal_fisher(learner, params, data, lambda x: make_batch(x, torch.arange(len(x)), backbone.pad_id,
+                                                                    torch.device("cpu")), batched=batched)
+
+    times = interleaved({"on": lambda: fisher(True), "off": lambda: fisher(False)}, rounds)
+    rows.append({"optimisation": "batched_fisher", "speedup": _ratio(times), "times": times,
+                 "what": f"diagonal Fisher over {len(first)} CLINC150 texts, batches of 32 against one at a time"})
     return {"name": "optimisations", "figure": min(r["speedup"] for r in rows), "target": "report", "met": None,
             "rows": rows, "setting": f"{backbone.source}, {torch.get_num_threads()} threads"}

@@ -21,7 +21,8 @@ BATCH_SIZE = 32
 
 
 def diagonal_fisher(learner: Learner, params: dict[str, torch.nn.Parameter], data: Inputs,
-                    make_batch: Callable[[Inputs], dict], labels: str = "true") -> dict[str, torch.Tensor]:
+                    make_batch: Callable[[Inputs], dict], labels: str = "true",
+                    batched: bool = True) -> dict[str, torch.Tensor]:
     """F_i = E_x E_y [(d log p(y|x) / d theta_i)^2]: y drawn from the model ("true" Fisher, as in
     Kirkpatrick et al.) or the data's label ("empirical")."""
     def log_likelihood(batch):
@@ -32,7 +33,7 @@ def diagonal_fisher(learner: Learner, params: dict[str, torch.nn.Parameter], dat
             y = batch["labels"]
         return logp.gather(1, y[:, None]).sum()
 
-    return mean_statistic(learner, log_likelihood, params, data, make_batch, square=True)
+    return mean_statistic(learner, log_likelihood, params, data, make_batch, square=True, batched=batched)
 
 
 def mas_importance(learner: Learner, params: dict[str, torch.nn.Parameter], data: Inputs,
