@@ -30,7 +30,7 @@ from .runtime import environment, peak_rss_mib, pick_device, seed_everything, wr
 from .store import Store
 from .train.batching import Inputs
 from .train.features import FeatureCache, encode, encode_layers
-from .train.loop import train_task
+from .train.loop import TrainStats, train_task
 
 console = Console(stderr=True, soft_wrap=True)
 CKA_REFERENCE = "cka-reference.safetensors"      # the fixed probe set's features under the initial backbone
@@ -222,11 +222,7 @@ class Engine:
             self._step_features, self._layer_memo = {}, {}
             if backbone_trained:
                 self._features = None       # the backbone will change: cached features go stale
-            data = method.training_inputs(task, stream.tasks[: task.index + 1])
-            stats = train_task(learner, method, data, cfg.train, seed=cfg.seed * 1_000_003 + task.index,
-                               device=self.device, pad_id=learner.backbone.pad_id,
-                               label=f"task {task.index + 1}/{T} {task.name}", console=console)
-            method.after_task(task)
+            stats = self._train(task)
             t0 = time.perf_counter()
             row, class_row = evaluate(learner, stream.tasks, self.test_features, self.device, seen=task.index + 1)
             diagnoser.step(task, learner, self.features, self.device, cka_reference, self.layer_features)
@@ -264,6 +260,15 @@ class Engine:
                                          "total_s": elapsed_before + time.perf_counter() - t_start}),
         }
         return results
+
+    def _train(self, task: Task) -> TrainStats:
+        """Train on ``task`` (what the method trains on for it), then let the method consolidate."""
+        data = self.method.training_inputs(task, self.stream.tasks[: task.index + 1])
+        stats = train_task(self.learner, self.method, data, self.cfg.train, seed=self.cfg.seed * 1_000_003 + task.index,
+                           device=self.device, pad_id=self.learner.backbone.pad_id,
+                           label=f"task {task.index + 1}/{len(self.stream.tasks)} {task.name}", console=console)
+        self.method.after_task(task)
+        return stats
 
     def _results_head(self, state: dict) -> dict:
         """The first keys of results.json, the same for every kind of stream."""

@@ -32,7 +32,6 @@ from .models.backbones import Backbone, build_backbone
 from .models.lm_learner import LMLearner
 from .runtime import pick_device, seed_everything
 from .train.batching import Inputs
-from .train.loop import train_task
 
 CLASSIFICATION_EVAL = ("probe", "probe_layers", "cka", "retention")     # eval keys that need classes or a head
 
@@ -119,11 +118,7 @@ class LMEngine(Engine):
             seed_everything(cfg.seed * 1_000_003 + task.index)
             learner.begin_task(task)
             method.before_task(task)
-            data = method.training_inputs(task, stream.tasks[: task.index + 1])
-            stats = train_task(learner, method, data, cfg.train, seed=cfg.seed * 1_000_003 + task.index,
-                               device=self.device, pad_id=learner.backbone.pad_id,
-                               label=f"task {task.index + 1}/{T} {task.name}", console=console)
-            method.after_task(task)
+            stats = self._train(task)
             t0 = time.perf_counter()
             row = self.scores()
             eval_s = time.perf_counter() - t0
