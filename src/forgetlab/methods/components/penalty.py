@@ -50,8 +50,10 @@ class QuadraticPenalty:
     @torch.no_grad()
     def value(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         """Omega (theta - mu)^2 + c at the current parameters, without gradient."""
-        total = sum((w * (params[n] - self.center[n]).pow_(2)).sum().item() for n, w in self.importance.items())
-        return torch.tensor(total + self.offset if self.importance else 0.0)
+        if not self.importance:
+            return torch.zeros(())
+        # one tensor on the parameters' device: no host synchronisation per tensor on a GPU
+        return sum((w * (params[n] - self.center[n]).pow_(2)).sum() for n, w in self.importance.items()) + self.offset
 
     @torch.no_grad()
     def add_gradient(self, params: dict[str, torch.nn.Parameter], scale: float) -> None:

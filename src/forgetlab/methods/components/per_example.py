@@ -7,8 +7,8 @@ gradient of the module's parameters is then formed one module at a time and redu
 ``nn.Linear`` as g_n^T x_n, ``nn.Embedding`` by summing g_n into the rows of the tokens example n
 used, ``nn.LayerNorm`` from the normalised input, and any other module that owns parameters (a
 classifier head, an RMSNorm, a GPT-2 ``Conv1D``) by ``torch.func``'s vector-Jacobian product under
-``vmap``. Only one module's per-example gradients exist at any time, in chunks of at most
-``CHUNK_ELEMENTS`` numbers. A module whose output has batch size 1 where the batch has B examples
+``vmap`` (in chunks of at most ``CHUNK_ELEMENTS`` numbers). Only one module's per-example
+gradients exist at any time; a Linear layer's, one example at a time. A module whose output has batch size 1 where the batch has B examples
 (position embeddings, broadcast later) gets its output expanded to B so each example's share of the
 gradient can be read.
 
@@ -128,7 +128,10 @@ def _accumulate(call: _Call, g: torch.Tensor, names: dict[str, str], params: dic
             total = totals[names["weight"]]
             for n in range(B):
                 per_example = torch.mm(g[n].t(), x[n])
-                total.addcmul_(per_example, per_example) if square else total.add_(per_example.abs_())
+                if square:
+                    total.addcmul_(per_example, per_example)
+                else:
+                    total.add_(per_example.abs_())
         if "bias" in names:
             totals[names["bias"]] += stat(g.sum(1)).sum(0)
     elif isinstance(module, nn.Embedding):
