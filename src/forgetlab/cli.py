@@ -60,12 +60,14 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
     if not db.is_file():
         raise UserError(f"{db}: no store here (give a run directory, or --store PATH)")
     runs = Store(db).runs()
-    table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *METRIC_KEYS,
+    keys = METRIC_KEYS + tuple(k for k in ("ppl", "bwt_ppl", "forgetting_ppl")      # language-modelling runs
+                               if any(k in (r["metrics"] or {}) for r in runs))
+    table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *keys,
                   title=escape(str(db)))
     for r in runs:
         m = r["metrics"] or {}
         table.add_row(*(escape(str(r[k])) for k in ("run_id", "status", "method", "dataset", "scenario", "backbone", "seed")),
-                      *(_fmt(m.get(k)) for k in METRIC_KEYS))
+                      *(_fmt(m.get(k)) for k in keys))
     _print_table(table)
 
 
@@ -76,7 +78,7 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
            where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
     """Export the runs of a store, or with --group-by the report's numbers (mean, 95% CI, paired tests)."""
-    from .report.summary import matches, paired_tests, parse_where, records, summarize
+    from .report.summary import matches, paired_tests, parse_where, columns_for, records, summarize
     from .store import Store
 
     if fmt not in ("csv", "json"):
@@ -87,8 +89,9 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
     if not group_by:
         text = Store(store).export(fmt, keep=lambda run: matches(run, conditions))
     else:
-        rows = summarize(_completed(store, conditions), group_by)
-        summary = records(rows)
+        runs = _completed(store, conditions)
+        rows = summarize(runs, group_by)
+        summary = records(rows, columns_for(runs))
         if fmt == "json":
             text = json.dumps({"group_by": group_by, "where": conditions, "groups": summary,
                                "paired_tests": paired_tests(rows)}, indent=2)
@@ -123,16 +126,41 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: a local instance)"),
           workers: int = typer.Option(1, "--workers", help="local executor: runs at a time (each in its own process)"),
           threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                                help="CPU threads per run (default: CPUs / workers locally, 1 on Ray)")):
-    """Run every point of a grid (skipping those already completed in the sweep's store)."""
+                                                help="CPU threads per run (default: CPUs / workers locally, 1 on Ray)"),
+          preset: Optional[str] = typer.Option(None, "--preset", help="a study's preset (default: its first, e.g. small)")):
+    """Run every point of a grid (skipping those already completed in the sweep's store); a study first
+    pretrains the models it needs and ends with its report (OUT/report.html, OUT/study.md)."""
     from .sweep import load_sweep, run_sweep
+    from .train.pretrain import pretrain as run_pretrain
 
-    spec = load_sweep(sweep_file)
+    spec = load_sweep(sweep_file, preset)
+    if spec.preset:
+        out.print(f"preset {spec.preset}")
+    for cfg in spec.pretrain:
+        run_pretrain(cfg)
     counts = run_sweep(spec, executor=executor, workers=workers, threads=threads, address=address)
     out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
               f"store {spec.out / 'forgetlab.db'}")
+    if spec.study is not None:
+        _study_report(spec)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _study_report(spec) -> None:
+    """The study's comparison of this sweep's completed runs: OUT/report.html and OUT/study.md."""
+    from .report.compare import write_comparison
+    from .store import Store
+
+    hashes = {r.config.hash() for r in spec.runs}
+    runs = [r["results"] for r in reversed(Store(spec.out / "forgetlab.db").completed()) if r["config_hash"] in hashes]
+    if not runs:
+        return
+    table = write_comparison(runs, spec.out / "report.html", title=f"forgetlab study: {spec.study.title}",
+                             study=spec.study)
+    (spec.out / "study.md").write_text(f"# {spec.study.title}\n\n{spec.study.question}\n\n"
+                                       f"{len(runs)} runs, preset {spec.preset}.\n\n{table}")
+    out.print(f"study report: {spec.out / 'report.html'} ({len(runs)} runs); table: {spec.out / 'study.md'}")
 
 
 @app.command()

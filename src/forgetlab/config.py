@@ -26,6 +26,7 @@ class BackboneConfig(Section):
     name: str | None = None                      # a hub id or local path (HF AutoModel)
     arch: Literal["gpt2", "bert", "lstm"] | None = None   # or a small model built from a config
     size: str = "tiny"                           # width/depth preset for ``arch``
+    init: Literal["pretrained", "random"] = "pretrained"   # random: backbone.name's architecture, fresh weights
     kind: Literal["auto", "encoder", "causal_lm"] = "auto"
     pooling: Literal["cls", "mean", "last"] | None = None   # None: mean for encoders, last for causal LMs
     max_length: int = Field(64, ge=2)
@@ -36,6 +37,9 @@ class BackboneConfig(Section):
     def _one_source(self):
         if (self.name is None) == (self.arch is None):
             raise ValueError("set exactly one of backbone.name (a pretrained model) or backbone.arch (built from a config)")
+        if self.init == "random" and self.name is None:
+            raise ValueError("backbone.init: random re-initialises backbone.name's architecture; backbone.arch is "
+                             "always randomly initialised")
         return self
 
 

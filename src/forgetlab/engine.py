@@ -274,7 +274,8 @@ class Engine:
         """The first keys of results.json, the same for every kind of stream."""
         return {"forgetlab_version": __version__, "run_id": state["run_id"], "status": "completed",
                 "config": self.cfg.to_dict(), "scenario": self.stream.scenario,
-                "tasks": [t.name for t in self.stream.tasks]}
+                "tasks": [t.name for t in self.stream.tasks],
+                "backbone": self.learner.backbone.describe("random" if self.cfg.backbone.arch else self.cfg.backbone.init)}
 
     def _results_tail(self, state: dict, timing: dict) -> dict:
         """The last keys of results.json: timing, the task log, resources and the environment."""

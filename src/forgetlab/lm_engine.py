@@ -26,6 +26,7 @@ from .engine import Engine, console
 from .errors import UserError
 from .eval.metrics import all_metrics, lower_is_better_metrics, metric_direction
 from .eval.next_token import next_token_scores
+from .eval.retention import Retention
 from .methods import REGISTRY, method_class
 from .methods.base import Context
 from .models.backbones import Backbone, build_backbone
@@ -33,7 +34,7 @@ from .models.lm_learner import LMLearner
 from .runtime import pick_device, seed_everything
 from .train.batching import Inputs
 
-CLASSIFICATION_EVAL = ("probe", "probe_layers", "cka", "retention")     # eval keys that need classes or a head
+CLASSIFICATION_EVAL = ("probe", "probe_layers", "cka")     # eval keys that need classes or a head
 
 
 def token_windows(backbone: Backbone, texts: list[str], max_tokens: int | None) -> list[list[int]]:
@@ -72,6 +73,7 @@ class LMEngine(Engine):
             raise UserError(f"backbone: a language_modeling stream needs a causal LM; {backbone.source} is an encoder "
                             "(use backbone.arch: gpt2 or a causal LM)")
         self.learner = LMLearner(backbone, self.stream)
+        self.retention = Retention(cfg.eval.retention) if cfg.eval.retention else None
         self.ctx = Context(self.stream, self.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed)
         self.method = method_cls(method_cls.Config.model_validate(cfg.method), self.learner, self.ctx)
         self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
@@ -106,6 +108,10 @@ class LMEngine(Engine):
             rows["accuracy"].append(accuracy)
         return rows
 
+    def general_ability(self) -> dict:
+        """Perplexity on the general corpus and zero-shot accuracy of ``eval.retention``, now."""
+        return self.retention.measure(self.learner.backbone, self.device)
+
     def _run_tasks(self, state: dict, ckpt_dir: Path, out_dir: Path) -> dict:
         cfg, stream, learner, method = self.cfg, self.stream, self.learner, self.method
         T = len(stream.tasks)
@@ -113,6 +119,7 @@ class LMEngine(Engine):
         if state["baseline"] is None:
             t0 = time.perf_counter()
             state["baseline"] = self.scores()
+            state["retention"] = [self.general_ability()] if self.retention else []
             state["eval_s"] += time.perf_counter() - t0
         for task in stream.tasks[state["completed"]:]:
             seed_everything(cfg.seed * 1_000_003 + task.index)
@@ -121,6 +128,8 @@ class LMEngine(Engine):
             stats = self._train(task)
             t0 = time.perf_counter()
             row = self.scores()
+            if self.retention:
+                state["retention"].append(self.general_ability())
             eval_s = time.perf_counter() - t0
             state["rows"].append(row)
             state["train_s"] += stats.seconds
@@ -162,6 +171,18 @@ class LMEngine(Engine):
                        "eval": [sum(len(w) - 1 for w in self._windows[(t.index, "test")]) for t in stream.tasks]},
             "metrics": metrics,
             "metric_directions": {key: metric_direction(key) for key in metrics},
+            "retention": _retention(self.cfg.eval.retention, state.get("retention")),
             "diagnostics": None,
             **self._results_tail(state, timing),
         }
+
+
+def _retention(cfg, rows: list[dict] | None) -> dict | None:
+    """results.json's ``retention``: general ability before the stream (index 0) and after each task,
+    and its change over the stream (perplexity after / before, accuracy after − before)."""
+    if not cfg or not rows:
+        return None
+    ppl, qa = [r["perplexity"] for r in rows], [r["qa_accuracy"] for r in rows]
+    return {"corpus": cfg.corpus, "qa": cfg.qa, "perplexity": ppl, "qa_accuracy": qa,
+            "perplexity_ratio": ppl[-1] / ppl[0] if ppl[0] else None,
+            "qa_accuracy_change": qa[-1] - qa[0] if qa[0] is not None else None}

@@ -2,7 +2,8 @@
 
 A task's ``train_texts`` are what it trains on and its ``test_texts`` the held-out text it is
 evaluated on; it has no classes and no labels. ``data.sequence`` gives one task per corpus (a
-built-in name, a folder, a ``.txt`` or a ``.jsonl`` file, split as ``corpus_splits`` splits it);
+built-in corpus, a folder, a ``.txt`` or a ``.jsonl`` file, split as ``corpus_splits`` splits it, or a
+built-in labelled data set's training and test texts, its labels ignored);
 ``data.name`` or ``data.path`` gives one task per book of a text whose books start with a header
 line (gutenberg_nltk's training text), each book's last ``data.valid_fraction`` of characters held out.
 The order is ``data.order``, else a permutation seeded by ``data.order_seed``, as for other streams.
@@ -14,6 +15,7 @@ from pathlib import Path
 from ..config import CorpusConfig, DataConfig
 from ..errors import UserError
 from .corpus import BUILTIN_CORPORA, builtin_corpus, corpus_splits, folder_files, split_books
+from .sources import BUILTIN, load_dataset
 from .stream import Stream, Task, ordered
 
 # A task before it is numbered: (name, training texts, held-out texts).
@@ -37,13 +39,17 @@ def _corpus_groups(cfg: DataConfig, seed: int) -> list[Group]:
     """One task per corpus of ``data.sequence``."""
     groups = []
     for entry in ordered(list(cfg.sequence), cfg, "corpus"):
+        if entry in BUILTIN and entry not in BUILTIN_CORPORA:      # a labelled data set's texts, labels ignored
+            dataset = load_dataset(name=entry)
+            groups.append((entry, [e.text for e in dataset.train], [e.text for e in dataset.test]))
+            continue
         if entry in BUILTIN_CORPORA:
             builtin_corpus(entry, key="data.sequence")
             corpus = CorpusConfig(name=entry, valid_fraction=cfg.valid_fraction)
         elif Path(entry).exists():
             corpus = CorpusConfig(path=entry, valid_fraction=cfg.valid_fraction)
         else:
-            raise UserError(f"data.sequence: unknown corpus '{entry}' (built-in: {', '.join(BUILTIN_CORPORA)}; "
+            raise UserError(f"data.sequence: unknown corpus '{entry}' (built-in: {', '.join(BUILTIN_CORPORA + BUILTIN)}; "
                             "or a folder, a .txt or a .jsonl file)")
         try:
             train, held_out = corpus_splits(corpus, seed)

@@ -6,6 +6,7 @@ and small models built from a config (GPT-2-style, BERT-style, LSTM) with width/
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 from pathlib import Path
 
@@ -25,6 +26,7 @@ PRESETS = {
     "base": (512, 8, 8),
     "large": (768, 12, 12),
 }
+PRETRAINING_RECORD = "forgetlab_pretraining.json"     # in a `forgetlab pretrain` checkpoint folder
 OFFLINE_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
@@ -32,11 +34,18 @@ class Backbone(nn.Module):
     """Wraps a model and its tokenizer; ``forward(ids, mask)`` returns pooled features [B, dim]."""
 
     def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str,
-                 causal: bool = False):
+                 causal: bool = False, pretraining: dict | None = None):
         super().__init__()
         self.model, self.tokenizer, self.causal = model, tokenizer, causal
         self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
         self.pad_id = _pad_id(tokenizer)
+        self.pretraining = pretraining      # a forgetlab checkpoint's record: step, tokens, validation perplexity
+        self.n_parameters = sum(p.numel() for p in model.parameters())   # as loaded, before any method adds some
+
+    def describe(self, init: str) -> dict:
+        """results.json's ``backbone``: where it came from, how it was initialised, its size and pretraining."""
+        return {"source": self.source, "init": init, "parameters": self.n_parameters,
+                "pretraining": self.pretraining if init == "pretrained" else {"step": 0, "tokens": 0}}
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids, each text cut to ``max_length`` (default: the backbone's ``max_length``)."""
@@ -168,7 +177,10 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     try:
         hf_cfg = AutoConfig.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
+        if cfg.init == "random":        # the architecture only, initialised from torch's (seeded) generator
+            model = AutoModel.from_config(hf_cfg, trust_remote_code=cfg.trust_remote_code)
+        else:
+            model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"backbone.name: cannot load '{cfg.name}': {first}") from None
@@ -176,7 +188,10 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling = cfg.pooling or ("last" if causal else "mean")
-    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, causal=causal)
+    record = Path(path) / PRETRAINING_RECORD
+    pretraining = json.loads(record.read_text()) if record.is_file() else None
+    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, causal=causal,
+                    pretraining=pretraining)
 
 
 def is_causal_config(hf_cfg) -> bool:

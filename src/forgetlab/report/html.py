@@ -133,6 +133,13 @@ def _language_modeling(results: dict, tasks: list[str]) -> dict | None:
                {"title": "Each task's perplexity before the stream (0) and after each task",
                 "uri": _data_uri(lines_png(curves, "tasks trained", "perplexity", "perplexity (lower is better)",
                                            ylim=None, start=0))}]
+    retention = results.get("retention")
+    for key, what in (("perplexity", "perplexity"), ("qa_accuracy", "zero-shot accuracy")):
+        if retention and retention[key][0] is not None:
+            source = retention["corpus"] if key == "perplexity" else retention["qa"]
+            figures.append({"title": f"General ability: {what} on {source}, before the stream (0) and after each task",
+                            "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
+                                                       ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
     rows = [("before training", b)] + [(f"after {tasks[i]}", row) for i, row in enumerate(P)]
     return {"figures": figures, "rows": [(label, [_fmt(v, 2) for v in row]) for label, row in rows]}
 

@@ -27,6 +27,21 @@ COLUMNS = (
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
 )
+# Language-modelling runs (lower is better but for the general-ability change's sign: see DESIGN.md).
+LM_COLUMNS = (
+    ("metrics.ppl", "ppl", 2),
+    ("metrics.bwt_nll", "bwt nll", 4),
+    ("metrics.forgetting_nll", "forgetting nll", 4),
+    ("metrics.learning_ppl", "learning ppl", 2),
+    ("retention.perplexity_ratio", "general ppl after/before", 3),
+    ("timing.total_s - timing.eval_s", "train s", 1),
+    ("resources.peak_rss_mib", "peak RSS MiB", 0),
+)
+
+
+def columns_for(runs: list[dict]) -> tuple:
+    """The table's columns: the language-modelling ones when every run is a language-modelling run."""
+    return LM_COLUMNS if runs and all(r.get("perplexity_matrix") is not None for r in runs) else COLUMNS
 
 
 def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -42,15 +57,19 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[f
 
 
 def lookup(results: dict, path: str) -> Any:
-    """A dotted path in results.json (``metrics.acc``), or ``a - b`` for a difference of two paths."""
+    """A dotted path in results.json (``metrics.acc``; an integer part indexes a list, negative from
+    its end), or ``a - b`` for a difference of two paths."""
     if " - " in path:
         a, b = (lookup(results, p) for p in path.split(" - "))
         return None if a is None or b is None else a - b
     node: Any = results
     for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]          # a list element: ``retention.perplexity.-1``
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return None
-        node = node[part]
     return node
 
 
@@ -105,8 +124,10 @@ def replicate(results: dict) -> tuple:
     return tuple(str(value_of(results, key)) for key in REPLICATE_PATHS)
 
 
-def summarize(runs: list[dict], group_by: Sequence[str] = ("name",)) -> list[dict]:
-    """One row per group, in first-seen order: ``group``, ``n``, ``seeds``, ``members`` and (mean, ci) per column."""
+def summarize(runs: list[dict], group_by: Sequence[str] = ("name",), columns: tuple | None = None) -> list[dict]:
+    """One row per group, in first-seen order: ``group``, ``n``, ``seeds``, ``members`` and (mean, ci) per
+    column (``columns``, default ``columns_for(runs)``)."""
+    columns = columns or columns_for(runs)
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(group_key(r, list(group_by)), []).append(r)
@@ -114,7 +135,7 @@ def summarize(runs: list[dict], group_by: Sequence[str] = ("name",)) -> list[dic
     for key, members in groups.items():
         row = {"group": key, "n": len(members), "seeds": sorted(value_of(m, "seed") for m in members),
                "members": members}
-        for path, title, _ in COLUMNS:
+        for path, title, _ in columns:
             row[title] = mean_ci([lookup(m, path) for m in members])
         rows.append(row)
     return rows
@@ -179,22 +200,22 @@ def format_cell(mean: float | None, ci: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
 
 
-def records(rows: list[dict]) -> list[dict]:
+def records(rows: list[dict], columns: tuple = COLUMNS) -> list[dict]:
     """The summary as plain records (for CSV/JSON export): mean and CI half-width per column."""
     out = []
     for row in rows:
         record = {"group": row["group"], "n": row["n"], "seeds": row["seeds"]}
-        for _, title, _ in COLUMNS:
+        for _, title, _ in columns:
             record[title], record[f"{title} ci95"] = row[title]
         out.append(record)
     return out
 
 
-def markdown_table(rows: list[dict], group_title: str = "method") -> str:
-    head = [group_title, "n"] + [title for _, title, _ in COLUMNS]
+def markdown_table(rows: list[dict], group_title: str = "method", columns: tuple = COLUMNS) -> str:
+    head = [group_title, "n"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["group"].replace("|", "\\|"), str(row["n"])]
-        cells += [format_cell(*row[title], digits) for _, title, digits in COLUMNS]
+        cells += [format_cell(*row[title], digits) for _, title, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

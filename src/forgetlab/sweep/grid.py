@@ -12,18 +12,36 @@ out: runs/methods-clinc150           # relative to the working directory
 ```
 The runs are the grid's product crossed with the zipped tuples. Each run's ``name`` labels its grid
 point without the replicate keys (seed and task order), so reports average over seeds and orders.
+
+A study (``examples/studies/``) adds three optional keys:
+
+```yaml
+pretrain:                            # language models the runs start from, trained first (once)
+  - {config: pretrain_gutenberg.yaml, set: {model.size: tiny, out: runs/studies/pretrain/gpt2-tiny}}
+presets:                             # named variants; --preset picks one (default: the first)
+  small: {set: {data.max_train_tokens: 16384}, pretrain_set: {train.steps: 400}, zip: {seed: [0, 1, 2]}}
+  full:  {set: {...}, pretrain_set: {...}, grid: {...}, out: runs/studies/scale-full}
+study: {title: ..., kind: line, x: backbone.parameters, y: [metrics.forgetting_nll], series: backbone.init}
+```
+A preset's ``set`` overrides the base config, ``pretrain_set`` every pretraining config, its
+``pretrain`` list replaces the sweep's, and its ``grid``/``zip`` lists replace those of the same key; ``study`` is the figure (report/study.py).
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import REPLICATE_PATHS, Config, flatten, load_config
+from pydantic import ValidationError
+
+from ..config import REPLICATE_PATHS, Config, PretrainConfig, flatten, load_config, load_pretrain_config
 from ..errors import UserError
+from ..report.study import StudySpec
+
+PRESET_KEYS = {"set", "pretrain_set", "pretrain", "grid", "zip", "out"}
 
 
 @dataclass
@@ -37,9 +55,12 @@ class Sweep:
     name: str
     out: Path
     runs: list[SweepRun]
+    pretrain: list[PretrainConfig] = field(default_factory=list)
+    study: StudySpec | None = None
+    preset: str | None = None
 
 
-def load_sweep(path: Path) -> Sweep:
+def load_sweep(path: Path, preset: str | None = None) -> Sweep:
     if not path.is_file():
         raise UserError(f"{path}: sweep file not found")
     try:
@@ -48,9 +69,11 @@ def load_sweep(path: Path) -> Sweep:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    unknown = set(spec) - {"name", "base", "grid", "zip", "out"}
+    known = ("name", "base", "grid", "zip", "out", "pretrain", "presets", "study")
+    unknown = set(spec) - set(known)
     if unknown:
-        raise UserError(f"{path}: unknown sweep key(s) {sorted(unknown)} (expected name, base, grid, zip, out)")
+        raise UserError(f"{path}: unknown sweep key(s) {sorted(unknown)} (expected {', '.join(known)})")
+    chosen, preset = _preset(path, spec.get("presets"), preset)
     base = spec.get("base")
     if isinstance(base, str):
         base_path = (path.parent / base).resolve()
@@ -59,7 +82,9 @@ def load_sweep(path: Path) -> Sweep:
         base = yaml.safe_load(base_path.read_text())
     if not isinstance(base, dict):
         raise UserError(f"{path}: base: expected a config file name or a mapping")
-    grid, zipped = spec.get("grid") or {}, spec.get("zip") or {}
+    grid = {**(spec.get("grid") or {}), **(chosen.get("grid") or {})}
+    zipped = {**(spec.get("zip") or {}), **(chosen.get("zip") or {})}
+    overrides = chosen.get("set") or {}
     for key, lists in (("grid", grid), ("zip", zipped)):
         if not isinstance(lists, dict) or not all(isinstance(v, list) and v for v in lists.values()):
             raise UserError(f"{path}: {key}: expected a mapping of config keys to non-empty lists")
@@ -77,14 +102,64 @@ def load_sweep(path: Path) -> Sweep:
             point = {**dict(zip(grid, values)), **extra}
             label = _label({k: v for k, v in point.items() if k not in REPLICATE_PATHS}) or name
             try:
-                cfg = load_config({**base, "name": label}, overrides=point)
+                cfg = load_config({**base, "name": label}, overrides={**overrides, **point})
             except UserError as exc:
                 raise UserError(f"{path}: grid point {point}: {exc}") from None
             runs.append(SweepRun(label, cfg))
     hashes = [r.config.hash() for r in runs]
     if len(set(hashes)) < len(hashes):
         raise UserError(f"{path}: two grid points give the same config (a key repeated with one value?)")
-    return Sweep(name, Path(spec.get("out") or f"runs/{name}"), runs)
+    out = Path(chosen.get("out") or spec.get("out") or f"runs/{name}")
+    entries = chosen["pretrain"] if "pretrain" in chosen else spec.get("pretrain") or []
+    pretrain = _pretrain_configs(path, entries, chosen.get("pretrain_set") or {})
+    return Sweep(name, out, runs, pretrain, _study(path, spec.get("study")), preset)
+
+
+def _preset(path: Path, presets, name: str | None) -> tuple[dict, str | None]:
+    """The chosen preset's settings and name (the first preset when none is named)."""
+    if presets is None:
+        if name is not None:
+            raise UserError(f"{path}: --preset {name}: this sweep has no presets")
+        return {}, None
+    if not isinstance(presets, dict) or not presets:
+        raise UserError(f"{path}: presets: expected a mapping of preset names to settings")
+    name = name or next(iter(presets))
+    if name not in presets:
+        raise UserError(f"{path}: --preset {name}: unknown preset (this sweep has {', '.join(presets)})")
+    chosen = presets[name] or {}
+    unknown = set(chosen) - PRESET_KEYS if isinstance(chosen, dict) else {"(not a mapping)"}
+    if unknown:
+        raise UserError(f"{path}: presets.{name}: unknown key(s) {sorted(unknown)} (expected {', '.join(sorted(PRESET_KEYS))})")
+    return chosen, name
+
+
+def _pretrain_configs(path: Path, entries, common: dict) -> list[PretrainConfig]:
+    """The pretraining configs of the ``pretrain`` list, each with ``common`` and then its own ``set``."""
+    if not isinstance(entries, list):
+        raise UserError(f"{path}: pretrain: expected a list of {{config: FILE, set: {{KEY: VALUE}}}}")
+    configs = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "config" not in entry or set(entry) - {"config", "set"}:
+            raise UserError(f"{path}: pretrain[{n}]: expected {{config: FILE, set: {{KEY: VALUE}}}}")
+        source = (path.parent / entry["config"]).resolve()
+        if not source.is_file():
+            raise UserError(f"{path}: pretrain[{n}].config: {source} not found")
+        overrides = {**common, **(entry.get("set") or {})}
+        if "out" not in overrides:
+            raise UserError(f"{path}: pretrain[{n}].set: give an out folder (the runs name its checkpoints)")
+        configs.append(load_pretrain_config(source, overrides))
+    return configs
+
+
+def _study(path: Path, spec) -> StudySpec | None:
+    if spec is None:
+        return None
+    try:
+        return StudySpec.model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{path}: study{'.' + where if where else ''}: {err['msg']}") from None
 
 
 def _label(point: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ one record per checkpoint with its step, tokens seen and validation perplexity.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..config import PretrainConfig
 from ..data.corpus import corpus_splits
 from ..errors import UserError
 from ..models.bpe import EOS, train_bpe
+from ..models.backbones import PRETRAINING_RECORD
 from ..models.lm_families import build_lm, non_embedding_params
 from ..runtime import environment, pick_device, seed_everything, write_json
 
@@ -31,6 +33,10 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, console: Console | No
     hf_logging.disable_progress_bar()
     console = console or Console(stderr=True)
     out = Path(out or cfg.out or f"runs/pretrain/{cfg.model.arch}-{cfg.model.size}-seed{cfg.seed}")
+    done = finished(cfg, out)
+    if done is not None:
+        console.print(f"pretrain {out}: already done with this config, {done['steps']} steps")
+        return done
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = pick_device(cfg.train.device)
@@ -78,12 +84,23 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, console: Console | No
             record["checkpoints"].append({"step": step, "tokens": step * record["tokens_per_step"],
                                           "train_loss": sum(recent) / len(recent), "valid_perplexity": ppl,
                                           "seconds": time.perf_counter() - start, "path": str(folder)})
+            write_json(folder / PRETRAINING_RECORD, {k: record["checkpoints"][-1][k] for k in
+                                                     ("step", "tokens", "valid_perplexity")})
             console.print(f"step {step}/{steps}: train loss {record['checkpoints'][-1]['train_loss']:.3f}, "
                           f"valid perplexity {ppl:.2f}")
             recent = []
             model.train()
     write_json(out / "pretrain.json", record)
     return record
+
+
+def finished(cfg: PretrainConfig, out: Path) -> dict | None:
+    """The ``pretrain.json`` record of a finished pretraining with this very config in ``out``, else None."""
+    path = out / "pretrain.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("config") == cfg.to_dict() else None
 
 
 def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
