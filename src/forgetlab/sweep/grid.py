@@ -159,7 +159,8 @@ def _study(path: Path, spec) -> StudySpec | None:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"{path}: study{'.' + where if where else ''}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{path}: study.{where}: {message}" if where else f"{path}: {message}") from None
 
 
 def _label(point: dict[str, Any]) -> str:
