@@ -204,3 +204,17 @@ def test_a_labelled_data_set_in_a_sequence_is_a_corpus_of_its_texts():
     assert task.name == "agnews" and task.train_texts == [e.text for e in agnews.train]
     assert task.test_texts == [e.text for e in agnews.test]
     assert (SHARED_DATA / "cl5_textcls" / "agnews" / "train.jsonl").is_file()
+
+
+def test_a_study_sweep_ends_with_its_report_figure_and_table(tmp_path, monkeypatch, capsys):
+    study = {"title": "Accuracy by epochs", "kind": "line", "x": "train.epochs", "y": ["metrics.acc"]}
+    path = _sweep(tmp_path, study=study, grid={"train.epochs": [1, 2]}, zip={"seed": [0]})
+    code, _, err = cli(monkeypatch, capsys, "sweep", path)
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Study: Accuracy by epochs" in (out / "report.html").read_text()
+    accs = {json.loads(p.read_text())["config"]["train"]["epochs"]: json.loads(p.read_text())["metrics"]["acc"]
+            for p in out.glob("*/results.json")}
+    rows = [line for line in (out / "study.md").read_text().splitlines() if line.startswith("| – |")]
+    assert rows == [f"| – | {e} | 1 | {accs[e]:.4f} |" for e in (1, 2)]

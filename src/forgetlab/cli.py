@@ -150,6 +150,7 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
 def _study_report(spec) -> None:
     """The study's comparison of this sweep's completed runs: OUT/report.html and OUT/study.md."""
     from .report.compare import write_comparison
+    from .report.study import study_png, study_points
     from .store import Store
 
     hashes = {r.config.hash() for r in spec.runs}
@@ -158,9 +159,11 @@ def _study_report(spec) -> None:
         return
     table = write_comparison(runs, spec.out / "report.html", title=f"forgetlab study: {spec.study.title}",
                              study=spec.study)
+    (spec.out / "study.png").write_bytes(study_png(study_points(runs, spec.study), spec.study))
     (spec.out / "study.md").write_text(f"# {spec.study.title}\n\n{spec.study.question}\n\n"
                                        f"{len(runs)} runs, preset {spec.preset}.\n\n{table}")
-    out.print(f"study report: {spec.out / 'report.html'} ({len(runs)} runs); table: {spec.out / 'study.md'}")
+    out.print(f"study report: {spec.out / 'report.html'} ({len(runs)} runs); figure and table: "
+              f"{spec.out / 'study.png'}, {spec.out / 'study.md'}")
 
 
 @app.command()
