@@ -134,7 +134,7 @@ def test_pretrain_entries_take_the_preset_then_their_own_settings(tmp_path):
         load_sweep(_sweep(tmp_path, study={"title": "t", "kind": "learn_forget", "x": "a", "y": ["b", "c"]}))
 
 
-@pytest.mark.parametrize("name", ["scale", "pretraining_steps", "architecture", "data_properties", "lora_vs_full"])
+@pytest.mark.parametrize("name", ["scale", "scale_classification", "pretraining_steps", "architecture", "data_properties", "lora_vs_full"])
 def test_every_study_file_loads_in_both_presets(name):
     for preset in ("small", "full"):
         sweep = load_sweep(STUDIES / f"{name}.yaml", preset)
