@@ -218,3 +218,14 @@ def test_a_study_sweep_ends_with_its_report_figure_and_table(tmp_path, monkeypat
             for p in out.glob("*/results.json")}
     rows = [line for line in (out / "study.md").read_text().splitlines() if line.startswith("| – |")]
     assert rows == [f"| – | {e} | 1 | {accs[e]:.4f} |" for e in (1, 2)]
+
+
+def test_class_frequency_points_pool_the_runs_with_uneven_classes():
+    from forgetlab.report.compare import _class_frequency_points
+
+    # classes 0,1 learnt in task 0 (rows: after task 0, after task 1); class 2, 3 in task 1 (no earlier row)
+    tail = {"class_train_counts": [40, 10, 20, 5],
+            "per_class_accuracy": [[0.9, 0.8, None, None], [0.6, 0.2, 0.7, 0.9]]}
+    even = {"class_train_counts": [10, 10, 10, 10], "per_class_accuracy": tail["per_class_accuracy"]}
+    points = _class_frequency_points([tail, even])
+    assert [(n, round(f, 6)) for n, f in points] == [(40, 0.3), (10, 0.6)]

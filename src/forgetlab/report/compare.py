@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .figures import accuracy_heatmap_png, bars_with_ci_png, curves_with_ci_png
+from scipy.stats import spearmanr
+
+from ..eval.per_class import per_class_forgetting
+from .figures import accuracy_heatmap_png, bars_with_ci_png, class_forgetting_png, curves_with_ci_png
 from .html import _ENV, _data_uri
 from .study import StudySpec, study_markdown, study_png, study_points
 from .summary import (COLUMNS, columns_for, format_cell, incremental_curve, markdown_table, mean_matrix, paired_tests,
@@ -35,6 +38,15 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     if curves:
         figures.append({"title": "accuracy on the tasks seen so far, after each task (mean, 95% CI band)",
                         "uri": _data_uri(curves_with_ci_png(curves, "tasks trained", "average accuracy on seen tasks"))})
+    for r in rows:
+        pooled = _class_frequency_points(r["members"])
+        if pooled:
+            counts, forgetting = zip(*pooled)
+            rho = spearmanr(counts, forgetting).statistic
+            figures.append({"title": f"{r['group']}: each class's forgetting against its training examples, "
+                                     f"{len(pooled)} classes of {sum(map(_uneven, r['members']))} runs "
+                                     f"(Spearman ρ = {rho:.2f})",
+                            "uri": _data_uri(class_forgetting_png(counts, forgetting))})
     matrices = []
     for r in rows:
         mean = mean_matrix(r["members"])
@@ -42,7 +54,8 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
             tasks = [str(t) for t in r["members"][0]["tasks"]]
             matrices.append({"title": f"{r['group']}: mean R over {r['n']} run(s)",
                              "uri": _data_uri(accuracy_heatmap_png(mean, tasks, f"{r['group']} (mean R)"))})
-    tests = paired_tests(rows)
+    tests = paired_tests(rows, study.y[0] if study is not None and " - " not in study.y[0]
+                         else "metrics.acc" if columns is COLUMNS else "metrics.forgetting_nll")
     page = _ENV.get_template("compare.html").render(
         title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices, study=section,
         head=[t for _, t, _ in columns],
@@ -58,3 +71,20 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     path.write_text(page, encoding="utf-8")
     table = markdown_table(rows, "group", columns)
     return (section["table"] + "\n" + table) if section else table
+
+
+def _uneven(run: dict) -> bool:
+    """Whether a run's classes differ in training examples (and it has per-class accuracies)."""
+    counts = run.get("class_train_counts")
+    return bool(counts) and bool(run.get("per_class_accuracy")) and len(set(counts)) > 1
+
+
+def _class_frequency_points(runs: list[dict]) -> list[tuple[int, float]]:
+    """(training examples, forgetting) of every class with an earlier evaluation, in runs whose classes
+    differ in training frequency (a long tail, sparsity by rounding)."""
+    points = []
+    for run in runs:
+        if _uneven(run):
+            forgetting = per_class_forgetting(run["per_class_accuracy"])
+            points += [(n, f) for n, f in zip(run["class_train_counts"], forgetting) if f is not None]
+    return points
