@@ -26,9 +26,10 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
         points = study_points(runs, study)
         section = {"title": study.title, "question": study.question, "uri": _data_uri(study_png(points, study)),
                    "table": study_markdown(points, study), "spec": study,
-                   "points": [{"series": p["series"] + (f" · {p['label']}" if "label" in p else ""),
+                   "points": [{"series": (f"{i}. {p['series']} · {p['label']}" if "label" in p else p["series"]),
                                "x": format_cell(p["x"], p.get("x_ci"), 4) if "label" in p else p["x"],
-                               "n": p["n"], "y": [format_cell(m, ci, 4) for m, ci in p["y"]]} for p in points]}
+                               "n": p["n"], "y": [format_cell(m, ci, 4) for m, ci in p["y"]]}
+                              for i, p in enumerate(points, 1)]}
     labels = [r["group"] for r in rows]
     figures = [{"title": f"{name} (mean ± 95% CI)",
                 "uri": _data_uri(bars_with_ci_png(labels, [r[name][0] for r in rows], [r[name][1] for r in rows], name))}

@@ -14,7 +14,8 @@ study:
   log_x: true
 ```
 Runs with the same series and x value are one point: the mean and 95% CI over their seeds and
-orders. ``learn_forget`` draws one point per grid point (the run's ``name``), x and y with CIs.
+orders. ``learn_forget`` draws one point per grid point (the run's ``name``), x and y with CIs,
+numbered as in the study's table.
 """
 from __future__ import annotations
 
@@ -126,13 +127,13 @@ def _short(category: str) -> str:
 def _learn_forget_png(points: list[dict], spec: StudySpec) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(p["series"] for p in points))}
-    for p in points:
+    for number, p in enumerate(points, 1):        # numbered as in the study's table
         (y, y_ci), = p["y"]
         if p["x"] is None or y is None:
             continue
         ax.errorbar(p["x"], y, xerr=p["x_ci"] or 0.0, yerr=y_ci or 0.0, marker="o", capsize=3,
                     color=colours[p["series"]])
-        ax.annotate(_label(p["label"]), (p["x"], y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(str(number), (p["x"], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     for name, colour in colours.items():
         ax.plot([], [], "o", color=colour, label=_label(f"{spec.series} = {name}" if spec.series else name))
     ax.set_xlabel(_label(spec.x_label or spec.x) + "  (more learnt →)")
@@ -148,9 +149,9 @@ def study_markdown(points: list[dict], spec: StudySpec) -> str:
     x_title = spec.x_label or spec.x
     head = ["series", x_title, "n"] + spec.labels()
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in points:
+    for number, p in enumerate(points, 1):
         x = format_cell(p["x"], p["x_ci"], 4) if spec.kind == "learn_forget" else str(p["x"])
-        series = f"{p['series']} · {p['label']}" if spec.kind == "learn_forget" else p["series"]
+        series = f"{number}. {p['series']} · {p['label']}" if spec.kind == "learn_forget" else p["series"]
         cells = [series or "–", x, str(p["n"])] + [format_cell(m, ci, 4) for m, ci in p["y"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
