@@ -135,8 +135,10 @@ def test_pretrain_entries_take_the_preset_then_their_own_settings(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["scale", "scale_classification", "pretraining_steps", "architecture", "data_properties", "lora_vs_full"])
-def test_every_study_file_loads_in_both_presets(name):
-    for preset in ("small", "full"):
+def test_every_study_file_loads_in_every_preset(name):
+    presets = list(yaml.safe_load((STUDIES / f"{name}.yaml").read_text())["presets"])
+    assert presets[0] == "small" and "full" in presets
+    for preset in presets:
         sweep = load_sweep(STUDIES / f"{name}.yaml", preset)
         assert sweep.study is not None and len(sweep.runs) >= 12
         assert len({r.label for r in sweep.runs}) * 3 <= len(sweep.runs)     # every grid point over >= 3 seeds
