@@ -78,7 +78,7 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
            where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
     """Export the runs of a store, or with --group-by the report's numbers (mean, 95% CI, paired tests)."""
-    from .report.summary import matches, paired_tests, parse_where, columns_for, records, summarize
+    from .report.summary import columns_for, matches, paired_tests, parse_where, records, summarize
     from .store import Store
 
     if fmt not in ("csv", "json"):
@@ -148,9 +148,8 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
 
 
 def _study_report(spec) -> None:
-    """The study's comparison of this sweep's completed runs: OUT/report.html and OUT/study.md."""
+    """The study's comparison of this sweep's completed runs: OUT/report.html, study.png and study.md."""
     from .report.compare import write_comparison
-    from .report.study import study_png, study_points
     from .store import Store
 
     hashes = {r.config.hash() for r in spec.runs}
@@ -158,8 +157,7 @@ def _study_report(spec) -> None:
     if not runs:
         return
     table = write_comparison(runs, spec.out / "report.html", title=f"forgetlab study: {spec.study.title}",
-                             study=spec.study)
-    (spec.out / "study.png").write_bytes(study_png(study_points(runs, spec.study), spec.study))
+                             study=spec.study, study_figure=spec.out / "study.png")
     (spec.out / "study.md").write_text(f"# {spec.study.title}\n\n{spec.study.question}\n\n"
                                        f"{len(runs)} runs, preset {spec.preset}.\n\n{table}")
     out.print(f"study report: {spec.out / 'report.html'} ({len(runs)} runs); figure and table: "

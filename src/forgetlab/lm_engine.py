@@ -26,7 +26,7 @@ from .engine import Engine, console
 from .errors import UserError
 from .eval.metrics import all_metrics, lower_is_better_metrics, metric_direction
 from .eval.next_token import next_token_scores
-from .eval.retention import Retention
+from .eval.retention import Retention, retention_record
 from .methods import REGISTRY, method_class
 from .methods.base import Context
 from .models.backbones import Backbone, build_backbone
@@ -171,18 +171,8 @@ class LMEngine(Engine):
                        "eval": [sum(len(w) - 1 for w in self._windows[(t.index, "test")]) for t in stream.tasks]},
             "metrics": metrics,
             "metric_directions": {key: metric_direction(key) for key in metrics},
-            "retention": _retention(self.cfg.eval.retention, state.get("retention")),
+            "retention": retention_record(self.cfg.eval.retention, state["retention"]) if self.retention else None,
             "diagnostics": None,
             **self._results_tail(state, timing),
         }
 
-
-def _retention(cfg, rows: list[dict] | None) -> dict | None:
-    """results.json's ``retention``: general ability before the stream (index 0) and after each task,
-    and its change over the stream (perplexity after / before, accuracy after − before)."""
-    if not cfg or not rows:
-        return None
-    ppl, qa = [r["perplexity"] for r in rows], [r["qa_accuracy"] for r in rows]
-    return {"corpus": cfg.corpus, "qa": cfg.qa, "perplexity": ppl, "qa_accuracy": qa,
-            "perplexity_ratio": ppl[-1] / ppl[0] if ppl[0] else None,
-            "qa_accuracy_change": qa[-1] - qa[0] if qa[0] is not None else None}

@@ -15,7 +15,7 @@ from ..data.stream import Stream, Task
 from ..models.learner import Learner
 from .diagnostics import decomposition, error_share, linear_cka, trace_overlap, within_task_accuracy
 from .probe import fit_probe
-from .retention import Retention
+from .retention import Retention, retention_record
 
 Features = Callable[..., list[torch.Tensor]]      # (tasks, split, limit=None) -> one tensor per task
 
@@ -117,14 +117,9 @@ class Diagnoser:
                "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None,
                "retention": None}
         if s["retention"]:
-            rows = s["retention"]           # row 0: before the stream; row i: after task i
-            out["retention"] = {"corpus": self.cfg.retention.corpus, "qa": self.cfg.retention.qa,
-                                "perplexity": [r["perplexity"] for r in rows],
-                                "qa_accuracy": [r["qa_accuracy"] for r in rows]}
-            if rows[0]["perplexity"]:
-                summary["perplexity_ratio"] = rows[-1]["perplexity"] / rows[0]["perplexity"]
-            if rows[0]["qa_accuracy"] is not None:
-                summary["qa_accuracy_change"] = rows[-1]["qa_accuracy"] - rows[0]["qa_accuracy"]
+            record = retention_record(self.cfg.retention, s["retention"])   # row 0: before the stream
+            out["retention"] = {k: record[k] for k in ("corpus", "qa", "perplexity", "qa_accuracy")}
+            summary.update({k: record[k] for k in ("perplexity_ratio", "qa_accuracy_change") if record[k] is not None})
         return P, out
 
 

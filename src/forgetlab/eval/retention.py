@@ -107,6 +107,16 @@ def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torc
     return right / len(items)
 
 
+def retention_record(cfg: RetentionConfig, rows: list[dict]) -> dict:
+    """General ability before the stream (index 0) and after each task, and its change over the
+    stream: ``perplexity_ratio`` (after / before) and ``qa_accuracy_change`` (after − before), None
+    where not measured."""
+    ppl, qa = [r["perplexity"] for r in rows], [r["qa_accuracy"] for r in rows]
+    return {"corpus": cfg.corpus, "qa": cfg.qa, "perplexity": ppl, "qa_accuracy": qa,
+            "perplexity_ratio": ppl[-1] / ppl[0] if ppl[0] else None,
+            "qa_accuracy_change": qa[-1] - qa[0] if qa[0] is not None else None}
+
+
 class Retention:
     """The corpus and items of a run, loaded once; ``measure`` gives one row of figures."""
 

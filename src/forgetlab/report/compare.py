@@ -16,15 +16,20 @@ from .summary import (COLUMNS, columns_for, format_cell, incremental_curve, mark
 
 
 def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
-                     title: str = "forgetlab runs", study: StudySpec | None = None) -> str:
+                     title: str = "forgetlab runs", study: StudySpec | None = None,
+                     study_figure: Path | None = None) -> str:
     """Write the HTML comparison of completed runs (results.json dicts) to ``path``, with the ``study``
-    section first if one is given; returns its Markdown table (the study's points, then the summary)."""
+    section first if one is given (its figure also to ``study_figure``, if given); returns its Markdown
+    table (the study's points, then the summary)."""
     columns = columns_for(runs)
     rows = summarize(runs, group_by, columns)
     section = None
     if study is not None:
         points = study_points(runs, study)
-        section = {"title": study.title, "question": study.question, "uri": _data_uri(study_png(points, study)),
+        png = study_png(points, study)
+        if study_figure is not None:
+            Path(study_figure).write_bytes(png)
+        section = {"title": study.title, "question": study.question, "uri": _data_uri(png),
                    "table": study_markdown(points, study), "spec": study,
                    "points": [{"series": (f"{i}. {p['series']} · {p['label']}" if "label" in p else p["series"]),
                                "x": format_cell(p["x"], p.get("x_ci"), 4) if "label" in p else p["x"],
@@ -55,8 +60,7 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
             tasks = [str(t) for t in r["members"][0]["tasks"]]
             matrices.append({"title": f"{r['group']}: mean R over {r['n']} run(s)",
                              "uri": _data_uri(accuracy_heatmap_png(mean, tasks, f"{r['group']} (mean R)"))})
-    tests = paired_tests(rows, study.y[0] if study is not None and " - " not in study.y[0]
-                         else "metrics.acc" if columns is COLUMNS else "metrics.forgetting_nll")
+    tests = paired_tests(rows, _tested_metric(study, columns))
     page = _ENV.get_template("compare.html").render(
         title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices, study=section,
         head=[t for _, t, _ in columns],
@@ -72,6 +76,14 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     path.write_text(page, encoding="utf-8")
     table = markdown_table(rows, "group", columns)
     return (section["table"] + "\n" + table) if section else table
+
+
+def _tested_metric(study: StudySpec | None, columns: tuple) -> str:
+    """The results path the paired tests compare: the study's first y (a plain path), else accuracy,
+    or NLL forgetting for language-modelling runs."""
+    if study is not None and " - " not in study.y[0]:
+        return study.y[0]
+    return "metrics.acc" if columns is COLUMNS else "metrics.forgetting_nll"
 
 
 def _uneven(run: dict) -> bool:

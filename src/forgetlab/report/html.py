@@ -133,15 +133,22 @@ def _language_modeling(results: dict, tasks: list[str]) -> dict | None:
                {"title": "Each task's perplexity before the stream (0) and after each task",
                 "uri": _data_uri(lines_png(curves, "tasks trained", "perplexity", "perplexity (lower is better)",
                                            ylim=None, start=0))}]
-    retention = results.get("retention")
-    for key, what in (("perplexity", "perplexity"), ("qa_accuracy", "zero-shot accuracy")):
-        if retention and retention[key][0] is not None:
-            source = retention["corpus"] if key == "perplexity" else retention["qa"]
-            figures.append({"title": f"General ability: {what} on {source}, before the stream (0) and after each task",
-                            "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
-                                                       ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
+    figures += _retention_figures(results.get("retention"))
     rows = [("before training", b)] + [(f"after {tasks[i]}", row) for i, row in enumerate(P)]
     return {"figures": figures, "rows": [(label, [_fmt(v, 2) for v in row]) for label, row in rows]}
+
+
+def _retention_figures(retention: dict | None) -> list[dict]:
+    """General ability (results.json's ``retention``) before the stream and after each task: one
+    figure for the perplexity and one for the zero-shot accuracy, where measured."""
+    figures = []
+    for key, what in (("perplexity", f"perplexity on {(retention or {}).get('corpus')}"),
+                      ("qa_accuracy", f"zero-shot accuracy on {(retention or {}).get('qa')}")):
+        if retention and retention[key][0] is not None:
+            figures.append({"title": f"General ability: {what}, before the stream (0) and after each task",
+                            "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
+                                                       ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
+    return figures
 
 
 def _seen_means(matrix: list[list[float | None]]) -> list[float]:
@@ -171,13 +178,7 @@ def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
         figures.append({"title": "Linear CKA of a fixed probe set's features to the initial backbone's",
                         "uri": _data_uri(lines_png({"CKA": d["cka_to_initial"]}, "tasks trained", "linear CKA",
                                                    "representation drift"))})
-    retention = d.get("retention")
-    for key, what in (("perplexity", f"perplexity on {(retention or {}).get('corpus')}"),
-                      ("qa_accuracy", f"zero-shot accuracy on {(retention or {}).get('qa')}")):
-        if retention and retention[key][0] is not None:
-            figures.append({"title": f"General ability: {what}, before the stream (0) and after each task",
-                            "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
-                                                       ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
+    figures += _retention_figures(d.get("retention"))
     norms = d["head_row_norms"]
     figures.append({"title": "Mean norm of each task's classifier rows after each task",
                     "uri": _data_uri(lines_png({tasks[j]: [row[j] for row in norms] for j in range(len(tasks))},

@@ -26,7 +26,7 @@ from matplotlib.ticker import NullFormatter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .figures import _label, _png
-from .summary import format_cell, lookup, mean_ci, value_of
+from .summary import format_cell, mean_ci, value_of
 
 
 class StudySpec(BaseModel):
@@ -54,25 +54,20 @@ class StudySpec(BaseModel):
         return self.y_labels or list(self.y)
 
 
-def _value(run: dict, key: str):
-    """A config key, else a results path (with ``a - b`` differences)."""
-    return lookup(run, key) if " - " in key else value_of(run, key)
-
-
 def study_points(runs: list[dict], spec: StudySpec) -> list[dict]:
     """One point per (series, x), or per grid point for learn_forget, sorted by series then x:
     ``series``, ``x``, ``n``, ``seeds`` and ``y`` (a (mean, ci) per y path; for learn_forget also ``x_ci``)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        series = str(_value(run, spec.series)) if spec.series else ""
-        key = (series, str(value_of(run, "name"))) if spec.kind == "learn_forget" else (series, _value(run, spec.x))
+        series = str(value_of(run, spec.series)) if spec.series else ""
+        key = (series, str(value_of(run, "name"))) if spec.kind == "learn_forget" else (series, value_of(run, spec.x))
         groups.setdefault(key, []).append(run)
     points = []
     for (series, x), members in groups.items():
         point = {"series": series, "x": x, "n": len(members), "seeds": sorted(str(value_of(m, "seed")) for m in members),
-                 "y": [mean_ci([_value(m, path) for m in members]) for path in spec.y]}
+                 "y": [mean_ci([value_of(m, path) for m in members]) for path in spec.y]}
         if spec.kind == "learn_forget":
-            point["label"], (point["x"], point["x_ci"]) = x, mean_ci([_value(m, spec.x) for m in members])
+            point["label"], (point["x"], point["x_ci"]) = x, mean_ci([value_of(m, spec.x) for m in members])
         points.append(point)
     return sorted(points, key=lambda p: (p["series"], _sortable(p["x"])))
 
