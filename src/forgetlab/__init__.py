@@ -1,5 +1,5 @@
 """forgetlab: measure, explain and reduce catastrophic forgetting in language models."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .api import Results, load, run  # noqa: E402
 from .inference import infer  # noqa: E402

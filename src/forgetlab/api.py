@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, load_config
+from .config import Config
 from .errors import UserError
 
 
@@ -35,12 +35,13 @@ class Results:
 def run(config: str | Path | dict | Config, *, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
         store: str | Path | None = None, resume: bool = False) -> Results:
     """Run an experiment from a YAML path, a dict or a Config; returns its Results."""
-    from .engine import default_run_dir, make_engine
+    from .engine import Engine, default_run_dir
+    from .experiment import load_config
     from .store import Store
 
     cfg = load_config(config, overrides)
     out_dir = Path(out) if out else default_run_dir(cfg)
-    engine = make_engine(cfg)
+    engine = Engine(cfg)
     db = Store(Path(store) if store else out_dir.parent / "forgetlab.db")
     return Results.from_dict(engine.run(out_dir, db, resume=resume), out_dir)
 

@@ -10,13 +10,17 @@ import json
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .methods.base import Method
 from .models.learner import Learner
 
+if TYPE_CHECKING:
+    from .methods.base import Method
 
-def save(folder: Path, task: int, learner: Learner, method: Method, state: dict, backbone_changed: bool) -> None:
+
+def save(folder: Path, task: int, learner: Learner, method: "Method", state: dict, backbone_changed: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     previous = read_state(folder)
     backbone_file = f"backbone-{task}.safetensors"
@@ -25,7 +29,7 @@ def save(folder: Path, task: int, learner: Learner, method: Method, state: dict,
     else:
         save_model(learner.backbone, str(folder / backbone_file))
     files = {"backbone": backbone_file, "head": f"head-{task}.safetensors", "method": f"method-{task}.safetensors"}
-    save_model(learner.head, str(folder / files["head"]))
+    save_file({k: v.detach().cpu().contiguous() for k, v in learner.own_state().items()}, str(folder / files["head"]))
     save_file({k: v.detach().cpu().contiguous() for k, v in method.state().items()}, str(folder / files["method"]))
     state = {**state, "files": files, "frozen": learner.frozen_names(), "tasks_seen": learner.tasks_seen}
     tmp = folder / "state.json.tmp"
@@ -41,11 +45,13 @@ def read_state(folder: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def restore(folder: Path, learner: Learner, method: Method) -> dict:
+def restore(folder: Path, learner: Learner, method: "Method") -> dict:
     """Load the weights and method state into the freshly built learner; returns the JSON state."""
     state = read_state(folder)
     load_model(learner.backbone, str(folder / state["files"]["backbone"]))
-    load_model(learner.head, str(folder / state["files"]["head"]))
+    missing, unexpected = learner.load_state_dict(load_file(str(folder / state["files"]["head"])), strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):       # the backbone's: loaded above
+        raise RuntimeError(f"{folder}: checkpoint does not match the learner ({(unexpected or missing)[0]})")
     method.load_state(load_file(str(folder / state["files"]["method"])))
     learner.restore_frozen(state["frozen"])
     learner.tasks_seen = state["tasks_seen"]

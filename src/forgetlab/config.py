@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import UserError
 
@@ -43,63 +43,24 @@ class BackboneConfig(Section):
         return self
 
 
-class TransformConfig(Section):
-    """Changes to each task's training examples (see data/transforms.py); test sets stay as they are."""
-    keep: float = Field(1.0, gt=0, le=1)         # sparsity: this share of each class's examples, at least 1
-    shots: int | None = Field(None, ge=1)        # few-shot: k examples per class (all if fewer)
-    zipf: float | None = Field(None, ge=0)       # long tail: rank r keeps m·(r+1)^-zipf, m the smallest class
-    redundancy: float = Field(0.0, ge=0, lt=1)   # add exact copies of this share of the task's examples
-    seed: int = 0                                # which examples are kept or copied, and the classes' ranks
-
-    @model_validator(mode="after")
-    def _one_subsample(self):
-        if self.shots is not None and self.keep < 1:
-            raise ValueError("set at most one of data.transform.keep or data.transform.shots")
-        return self
-
-
-# Keys only one kind of stream reads: classification streams, or language-modelling ones (text corpora).
-CLASSIFICATION_DATA_KEYS = ("classes_per_task", "num_tasks", "exact_division", "task_field", "max_train_per_class",
-                            "max_test_per_class", "drop_labels", "transform")
-LANGUAGE_MODELING_DATA_KEYS = ("max_train_tokens", "max_eval_tokens", "valid_fraction")
-
-
 class DataConfig(Section):
+    """The keys every data section has. ``data.scenario`` chooses the task kind (``kinds/``), whose own
+    section subclasses this one with its keys; until the kind validates it, other keys are kept as given."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str | None = None                      # a built-in data set name
     path: str | None = None                      # or a local folder (JSONL) or CSV file
     sequence: list[str] | None = None            # or several data sets, one task each
-    scenario: Literal["class_incremental", "task_incremental", "domain_incremental",
-                      "language_modeling"] = "class_incremental"   # language_modeling: corpora, next-token loss
-    classes_per_task: int | None = Field(None, ge=1)
-    num_tasks: int | None = Field(None, ge=1)
-    exact_division: bool = True                  # classes must divide evenly into tasks
-    task_field: str | None = None                # domain-incremental: split one data set by this field
+    scenario: str = "class_incremental"          # the kind of task (its scenario), see kinds/
     order_seed: int | None = 0                   # seeded permutation of classes (or data sets); None keeps file order
     order: list[str] | None = None               # an explicit class (or data set) order
-    max_train_per_class: int | None = Field(None, ge=1)
-    max_test_per_class: int | None = Field(None, ge=1)
     max_tasks: int | None = Field(None, ge=1)
-    drop_labels: list[str] = []                  # labels removed before splitting (e.g. "oos")
-    transform: TransformConfig | None = None     # redundancy, sparsity, few-shot, long tail (training sets only)
-    max_train_tokens: int | None = Field(None, ge=2)   # language_modeling: training tokens per task (None: all)
-    max_eval_tokens: int | None = Field(8192, ge=2)    # language_modeling: held-out tokens per task (None: all)
-    valid_fraction: float = Field(0.05, gt=0, lt=1)    # language_modeling: a text's (or book's) tail held out
 
     @model_validator(mode="after")
     def _one_source(self):
         given = [k for k in ("name", "path", "sequence") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("set exactly one of data.name, data.path or data.sequence")
-        return self
-
-    @model_validator(mode="after")
-    def _keys_of_the_scenario(self):
-        lm = self.scenario == "language_modeling"
-        for key in CLASSIFICATION_DATA_KEYS if lm else LANGUAGE_MODELING_DATA_KEYS:
-            # a value other than the default (a resolved config lists every key at its default)
-            if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True):
-                kind = "a classification stream" if lm else "data.scenario: language_modeling"
-                raise ValueError(f"data.{key}: only for {kind}, not {self.scenario}")
         return self
 
 
@@ -161,7 +122,7 @@ class Config(Section):
     seed: int = 0
     name: str | None = None
     backbone: BackboneConfig
-    data: DataConfig
+    data: SerializeAsAny[DataConfig]             # resolved to the kind's own section (kinds/)
     head: HeadConfig = HeadConfig()
     method: dict[str, Any] = {"name": "seq"}
     train: TrainConfig = TrainConfig()
@@ -323,28 +284,6 @@ def validate(model: type[BaseModel], raw: dict, where: str, lines: dict) -> Any:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_describe(exc, model, where, lines)) from None
-
-
-def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML file (or take a dict/Config), apply overrides, validate, and resolve the method's keys."""
-    raw, where, lines = read_yaml(source.to_dict() if isinstance(source, Config) else source, overrides)
-    cfg = validate(Config, raw, where, lines)
-    from .methods import method_class  # late import: methods import config
-
-    name = cfg.method.get("name")
-    if not isinstance(name, str):
-        problem = "required key is missing" if name is None else f"expected a method name (got {name!r})"
-        raise UserError(f"{_at(where, lines, ('method', 'name'))}: method.name: {problem}")
-    try:
-        cls = method_class(name)
-    except KeyError as exc:
-        raise UserError(f"{_at(where, lines, ('method', 'name'))}: method.name: {exc.args[0]}") from None
-    try:
-        method_cfg = cls.Config.model_validate(cfg.method)
-    except ValidationError as exc:
-        raise UserError(_describe(exc, cls.Config, where, lines, prefix=("method",))) from None
-    cfg.method = method_cfg.model_dump(mode="json")
-    return cfg
 
 
 def load_pretrain_config(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> PretrainConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import load_config
+from ..experiment import load_config
 from ..data.stream import build_stream
 from ..models.backbones import resolve_model_path
 from .common import MINILM

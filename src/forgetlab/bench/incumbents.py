@@ -52,7 +52,9 @@ from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, Trai
 
 import forgetlab
 
-from ..config import Config, load_config
+from ..config import Config
+
+from ..experiment import load_config
 from ..data.stream import Task, build_stream
 from ..methods.ewc import EWCConfig
 from ..models.backbones import resolve_model_path

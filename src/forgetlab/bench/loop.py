@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..config import load_config
+from ..experiment import load_config
 from ..engine import Engine
 from ..models.backbones import pool
 from ..train.loop import train_task

@@ -38,7 +38,7 @@ def setting(method: dict, quick: bool) -> dict:
 
 def measure(config: dict) -> dict:
     """In this process: build and run one stream; step time, peak memory and method state size."""
-    from ..config import load_config
+    from ..experiment import load_config
     from ..engine import Engine
     from ..store import Store
 

@@ -20,12 +20,14 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..config import HeadConfig, load_config
+from ..config import HeadConfig
+
+from ..experiment import load_config
 from ..data.stream import build_stream
 from ..methods.components.importance import diagonal_fisher
 from ..methods.components.penalty import QuadraticPenalty
 from ..models.backbones import build_backbone
-from ..models.learner import Learner
+from ..models.learner import Classifier
 from ..train.batching import Inputs, epoch_batches, length_sorted_batches, make_batch, pad
 from .common import MINILM, fastest, interleaved
 
@@ -127,7 +129,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     times = interleaved({"on": lambda: penalty_steps([collapsed]), "off": lambda: penalty_steps(separate)}, rounds)
     rows.append({"optimisation": "collapsed_penalty", "speedup": _ratio(times), "times": times,
                  "what": "EWC penalty value + gradient over 10 tasks; state 2 copies instead of 20"})
-    learner = Learner(backbone, HeadConfig(), stream).eval()
+    learner = Classifier(backbone, HeadConfig(), stream).eval()
     learner.begin_task(stream.tasks[0])
     first = stream.tasks[0].test_labels[: 64 if quick else 300]
     labels = torch.tensor(first)

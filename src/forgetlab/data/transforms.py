@@ -20,8 +20,25 @@ import math
 import random
 from collections.abc import Iterable
 
-from ..config import TransformConfig
+from pydantic import Field, model_validator
+
+from ..config import Section
 from .sources import Example
+
+
+class TransformConfig(Section):
+    """``data.transform``: changes to each task's training examples (above); test sets stay as they are."""
+    keep: float = Field(1.0, gt=0, le=1)         # sparsity: this share of each class's examples, at least 1
+    shots: int | None = Field(None, ge=1)        # few-shot: k examples per class (all if fewer)
+    zipf: float | None = Field(None, ge=0)       # long tail: rank r keeps m·(r+1)^-zipf, m the smallest class
+    redundancy: float = Field(0.0, ge=0, lt=1)   # add exact copies of this share of the task's examples
+    seed: int = 0                                # which examples are kept or copied, and the classes' ranks
+
+    @model_validator(mode="after")
+    def _one_subsample(self):
+        if self.shots is not None and self.keep < 1:
+            raise ValueError("set at most one of data.transform.keep or data.transform.shots")
+        return self
 
 
 def round_half_up(x: float) -> int:

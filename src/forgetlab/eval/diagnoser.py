@@ -12,10 +12,9 @@ import torch
 
 from ..config import EvalConfig
 from ..data.stream import Stream, Task
-from ..models.learner import Learner
+from ..models.learner import Classifier as Learner
 from .diagnostics import decomposition, error_share, linear_cka, trace_overlap, within_task_accuracy
 from .probe import fit_probe
-from .retention import Retention, retention_record
 
 Features = Callable[..., list[torch.Tensor]]      # (tasks, split, limit=None) -> one tensor per task
 
@@ -25,16 +24,10 @@ class Diagnoser:
         self.cfg, self.stream, self.seed = cfg, stream, seed
         self.state = state
         for key in ("within_task", "newest_task_error_share", "head_row_norms", "probe", "cka", "class_overlap",
-                    "retention", "probe_layers"):
+                    "probe_layers"):
             state.setdefault(key, [])
-        self.retention = Retention(cfg.retention) if cfg.retention else None
         T = len(stream.tasks)
         self.cka_per_task = math.ceil(cfg.cka_examples / T)
-
-    def before_stream(self, learner: Learner, device: torch.device) -> None:
-        """Figures of the initial model: general-ability retention's first row."""
-        if self.retention:
-            self.state["retention"].append(self.retention.measure(learner.backbone, device))
 
     # -- CKA's fixed probe set: the first examples of every task's test set ------------------------
     def cka_features(self, features: Features) -> torch.Tensor:
@@ -67,8 +60,6 @@ class Diagnoser:
         if self.cfg.probe_layers:
             self.state["probe_layers"].append({str(layer): self._probe_row(task, learner, _one_layer(layer_features, layer))
                                                for layer in self.cfg.probe_layers})
-        if self.retention:
-            self.state["retention"].append(self.retention.measure(learner.backbone, device))
         if self.cfg.cka:
             self.state["cka"].append(linear_cka(cka_reference, self.cka_features(features)))
             self.state["class_overlap"].append([trace_overlap(test[t.index], test[i]) if t.index < i else None
@@ -94,10 +85,9 @@ class Diagnoser:
             row.append(float((pred == torch.tensor(t.test_labels)).float().mean()))
         return row
 
-    def results(self, R: np.ndarray) -> tuple[list[list[float]] | None, dict]:
-        """The probe matrix (or None) and the diagnostics section of results.json."""
-        s, T = self.state, len(R)
-        P = s["probe"] or None
+    def results(self, R: list[list[float]], P: list[list[float]] | None) -> dict:
+        """The diagnostics section of results.json, given the accuracy and probe matrices."""
+        s, T, R = self.state, len(R), np.asarray(R)
         old = range(T - 1)
         summary = {
             "across_task_acc_old": float(np.mean([R[-1, j] for j in old])) if T > 1 else None,
@@ -114,13 +104,8 @@ class Diagnoser:
         out = {"summary": summary, "probe_matrix_by_layer": by_layer, "within_task_matrix": s["within_task"],
                "newest_task_error_share": s["newest_task_error_share"], "head_row_norms": s["head_row_norms"],
                "decomposition": decomposition(R, P) if P is not None else None,
-               "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None,
-               "retention": None}
-        if s["retention"]:
-            record = retention_record(self.cfg.retention, s["retention"])   # row 0: before the stream
-            out["retention"] = {k: record[k] for k in ("corpus", "qa", "perplexity", "qa_accuracy")}
-            summary.update({k: record[k] for k in ("perplexity_ratio", "qa_accuracy_change") if record[k] is not None})
-        return P, out
+               "cka_to_initial": s["cka"] or None, "class_overlap": s["class_overlap"] or None}
+        return out
 
 
 def _one_layer(layer_features: Callable, layer: int) -> Features:

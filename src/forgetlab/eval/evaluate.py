@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 
 from ..data.stream import Task
-from ..models.learner import Learner
+from ..models.learner import Classifier as Learner
 from .per_class import class_accuracy
 
 

@@ -1,5 +1,5 @@
 """Continual-learning metrics as pure functions of the accuracy matrix, or of a language-modelling
-stream's perplexity or NLL matrix (formulas in DESIGN.md).
+stream's perplexity or NLL matrix (formulas in docs/design.md).
 
 ``R[i, j]`` is the accuracy on task j after training through task i. Metrics that need two
 tasks return ``None`` when T = 1, never NaN.
@@ -73,47 +73,42 @@ def intransigence(R, joint_reference: Sequence[float] | None) -> float | None:
 
 
 def all_metrics(R, b=None, joint_reference=None) -> dict[str, float | None]:
-    """Every metric of DESIGN.md, keyed as in results.json."""
-    return {
-        "acc": average_accuracy(R),
-        "avg_incremental_acc": average_incremental_accuracy(R),
-        "bwt": backward_transfer(R),
-        "fwt": forward_transfer(R, b),
-        "forgetting": forgetting(R),
-        "intransigence": intransigence(R, joint_reference),
-        "learning_acc": learning_accuracy(R),
-    }
+    """The accuracy matrix's metrics, keyed as in results.json (``matrix_metrics`` of the primary
+    matrix), with intransigence where the joint model's R*[j] are given."""
+    return {**matrix_metrics(R, b, "acc", primary=True), "intransigence": intransigence(R, joint_reference)}
 
 
-def lower_is_better_metrics(M, b: Sequence[float] | None, name: str) -> dict[str, float | None]:
-    """The metrics of a matrix where lower is better — perplexity (``name="ppl"``) or mean next-token
-    NLL (``"nll"``, the log of perplexity) — keyed with ``name``; M[i, j] is task j's value after
-    training through task i and b_j its value before any training:
+def matrix_metrics(M, b: Sequence[float] | None, key: str, direction: str = "higher",
+                   primary: bool = False) -> dict[str, float | None]:
+    """The metrics of a matrix (a kind's ``matrices``) keyed with ``key``: M[i, j] is task j's value after
+    training through task i and b_j its value before any training.
 
-    - ``{name}`` = (1/T) Σ_j M[T-1, j]
-    - ``avg_incremental_{name}`` = (1/T) Σ_i (1/(i+1)) Σ_{j≤i} M[i, j]
-    - ``learning_{name}`` = (1/T) Σ_j M[j, j]
-    - ``bwt_{name}`` = 1/(T-1) Σ_{j<T-1} (M[T-1, j] − M[j, j]); positive: forgetting
-    - ``fwt_{name}`` = 1/(T-1) Σ_{j≥1} (M[j-1, j] − b_j); negative: earlier tasks helped
-    - ``forgetting_{name}`` = 1/(T-1) Σ_{j<T-1} (M[T-1, j] − min_{i<T-1} M[i, j])
+    - ``{key}`` = (1/T) Σ_j M[T-1, j]
+    - ``avg_incremental_{key}`` = (1/T) Σ_i (1/(i+1)) Σ_{j≤i} M[i, j]
+    - ``learning_{key}`` = (1/T) Σ_j M[j, j]
+    - ``bwt_{key}`` = 1/(T-1) Σ_{j<T-1} (M[T-1, j] − M[j, j])
+    - ``fwt_{key}`` = 1/(T-1) Σ_{j≥1} (M[j-1, j] − b_j)
+    - ``forgetting_{key}`` = 1/(T-1) Σ_{j<T-1} (best_{i<T-1} M[i, j] − M[T-1, j]) where higher is better,
+      (M[T-1, j] − best_{i<T-1} M[i, j]) where lower is (best: the maximum, or the minimum)
 
-    They are the accuracy formulas with the sign of forgetting turned (its best earlier value is a minimum).
+    The primary matrix (accuracy) keeps the field's names: ``bwt``, ``fwt``, ``forgetting`` without the
+    key, and ``intransigence`` (None here: it needs a joint run, the comparison report fills it).
+    Where lower is better, a positive bwt or forgetting is forgetting.
     """
     M = _square(M)
-    return {
-        name: average_accuracy(M),
-        f"avg_incremental_{name}": average_incremental_accuracy(M),
-        f"learning_{name}": learning_accuracy(M),
-        f"bwt_{name}": backward_transfer(M),
-        f"fwt_{name}": forward_transfer(M, b),
-        f"forgetting_{name}": forgetting(-M),       # max_i (−M[i, j]) − (−M[T-1, j])
-    }
+    tag = "" if primary else f"_{key}"
+    out = {key: average_accuracy(M), f"avg_incremental_{key}": average_incremental_accuracy(M),
+           f"learning_{key}": learning_accuracy(M), f"bwt{tag}": backward_transfer(M),
+           f"fwt{tag}": forward_transfer(M, b), f"forgetting{tag}": forgetting(M if direction == "higher" else -M)}
+    if primary:
+        out["intransigence"] = None
+    return out
 
 
 LOWER_IS_BETTER = ("forgetting", "intransigence")
 
 
-def metric_direction(key: str) -> str:
-    """"higher" or "lower": which way a metric of results.json is better (perplexity and NLL metrics: lower)."""
-    lower = key in LOWER_IS_BETTER or key.endswith(("ppl", "nll"))
-    return "lower" if lower else "higher"
+def metric_direction(key: str, matrix_direction: str = "higher") -> str:
+    """"higher" or "lower": which way a metric of results.json is better. Every metric of a matrix where
+    lower is better (perplexity, NLL) is better lower, and so are forgetting and intransigence."""
+    return "lower" if matrix_direction == "lower" or key.startswith(LOWER_IS_BETTER) else "higher"

@@ -20,7 +20,6 @@ class AdapterConfig(ModularConfig):
 class Adapter(ModularMethod):
     name = "adapter"
     Config = AdapterConfig
-    language_modeling = True
 
     def add_modules(self, names):
         add_adapters(self.learner.backbone.model, names, self.cfg.size, self.cfg.target_modules)

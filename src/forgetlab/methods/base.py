@@ -4,9 +4,9 @@ Subclasses set ``name`` (the config name; setting it registers the class), optio
 ``Config`` with their own keys, and override only the hooks they change. Every method can
 compose a replay memory (``method: {name: ewc, replay: {size: 150}}``): the base class fills it
 after each task and mixes a memory batch into every training batch. A subclass that overrides
-``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working. A method that
-also applies to language-modelling streams (next-token loss, no head, no class labels) sets
-``language_modeling = True``.
+``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working. ``kinds`` names
+the task kinds a method supports (``kinds/``; ``ANY_KIND``: every kind, as the base does: it only
+needs a learner's ``Output``); the engine checks it once.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from ..config import HeadConfig, Section, TrainConfig
 from ..data.stream import Stream, Task
 from ..models.learner import Learner, Output
-from ..train.batching import Inputs, make_batch
+from ..train.batching import IGNORE_INDEX, Inputs, make_batch
 from .components.memory import Memory, ReplayConfig
 
 REGISTRY: dict[str, type["Method"]] = {}
+ANY_KIND = "*"
 
 
 class MethodConfig(Section):
@@ -64,18 +65,12 @@ class Context:
         return merged.subset(torch.cat(where).argsort())
 
 
-def targets(batch: dict, out: Output) -> torch.Tensor:
-    """What each row of ``out.logits`` should predict: the batch's labels, or a language model's next tokens."""
-    return batch["labels"] if out.targets is None else out.targets
-
-
 class Method:
     """Sequential training with cross-entropy: the base every method builds on."""
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    needs_causal_lm: ClassVar[bool] = False
-    language_modeling: ClassVar[bool] = False     # trains on language-modelling streams (no head, no labels)
+    kinds: ClassVar[frozenset[str]] = frozenset({ANY_KIND})    # the task kinds it supports
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,25 +94,26 @@ class Method:
         return self.ctx.inputs(task, "train")
 
     def loss(self, batch: dict, out: Output) -> torch.Tensor:
-        """Cross-entropy on the batch (joined by a memory batch if there is a memory) plus ``penalty``:
-        against the labels, or for a language model, the next tokens."""
-        logits, labels = out.logits, targets(batch, out)
+        """Cross-entropy of the learner's rows against their targets (-100: no loss), over the batch
+        joined by a memory batch if there is a memory, plus ``penalty``."""
+        outs = [out]
         memory = self.memory_batch()
         if memory is not None:
-            replayed = self.learner(memory)
-            logits = torch.cat([logits, replayed.logits])
-            labels = torch.cat([labels, targets(memory, replayed)])
-        return F.cross_entropy(logits, labels) + self.penalty(batch, out)
+            outs.append(self.learner(memory))
+        logits = torch.cat([o.logits.flatten(0, -2) for o in outs])
+        targets = torch.cat([o.targets.flatten() for o in outs])
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX) + self.penalty(batch, out)
 
     def penalty(self, batch: dict, out: Output) -> torch.Tensor:
         """A regulariser added to the loss (EWC, MAS, LwF override this)."""
         return out.logits.new_zeros(())
 
     def param_groups(self, train: TrainConfig) -> list[dict]:
-        """What the optimizer trains, at which learning rate."""
+        """What the optimizer trains, at which learning rate: the backbone at ``lr_backbone``, what the
+        learner has besides (a head) at ``lr_head``."""
         backbone = [p for p in self.learner.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.learner.head.parameters() if p.requires_grad]
-        return [{"params": backbone, "lr": train.lr_backbone}, {"params": head, "lr": train.lr_head}]
+        own = [p for p in self.learner.own_parameters() if p.requires_grad]
+        return [{"params": backbone, "lr": train.lr_backbone}, {"params": own, "lr": train.lr_head}]
 
     def after_backward(self) -> None:
         """Called between ``backward`` and the optimizer step (e.g. to mask gradients)."""

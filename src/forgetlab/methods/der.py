@@ -22,6 +22,7 @@ class DERConfig(MethodConfig):
 
 class DERPP(Method):
     name = "der++"
+    kinds = frozenset({"classification"})
     Config = DERConfig
 
     def loss(self, batch, out):

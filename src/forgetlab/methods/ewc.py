@@ -13,7 +13,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import UserError
 from .base import Method, MethodConfig
 from .components.importance import diagonal_fisher
 from .components.penalty import QuadraticPenalty
@@ -23,20 +22,16 @@ class EWCConfig(MethodConfig):
     lam: float = Field(5000.0, ge=0)                  # penalty strength lambda
     online: bool = False                              # one running Fisher instead of one per task
     gamma: float = Field(1.0, ge=0, le=1)             # online EWC's decay of the old Fisher
-    fisher: Literal["true", "empirical"] = "true"     # labels drawn from the model, or the data's
+    fisher: Literal["true", "empirical"] = "true"     # targets drawn from the model, or the data's
     fisher_examples: int | None = Field(None, ge=1)   # examples per task to estimate F on (None: all)
 
 
 class EWC(Method):
     name = "ewc"
     Config = EWCConfig
-    language_modeling = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        if cfg.fisher == "empirical" and learner.scenario == "language_modeling":
-            raise UserError("method.fisher: the empirical Fisher needs class labels; "
-                            "use 'true' (next tokens drawn from the model) on a language_modeling stream")
         self.consolidated = QuadraticPenalty()
 
     def penalty(self, batch, out):

@@ -14,13 +14,12 @@ class FreezeConfig(MethodConfig):
 class Freeze(Method):
     name = "freeze"
     Config = FreezeConfig
-    language_modeling = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        if cfg.layers is None and learner.scenario == "language_modeling":
-            raise UserError("method.layers: a whole frozen backbone leaves a language model nothing to train "
-                            "(its output layer is the backbone's); set how many layers to freeze")
+        if cfg.layers is None and not learner.own_parameters():
+            raise UserError("method.layers: a whole frozen backbone leaves this learner nothing to train "
+                            "(its output layer is the backbone's, as a language model's); set how many layers to freeze")
 
     def before_task(self, task):
         if task.index == 0:

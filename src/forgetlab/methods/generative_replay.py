@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..errors import UserError
 from ..models.peft import max_positions
 from ..train.batching import Inputs, pad
 from .base import Method, MethodConfig
@@ -29,12 +30,15 @@ class GenerativeReplayConfig(MethodConfig):
 
 class GenerativeReplay(Method):
     name = "generative_replay"
+    kinds = frozenset({"classification"})
     Config = GenerativeReplayConfig
-    needs_causal_lm = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
         backbone = learner.backbone
+        if not backbone.causal:
+            raise UserError(f"method.name: generative_replay needs a causal LM backbone; {backbone.source} is an "
+                            "encoder (use backbone.arch: gpt2 or a causal LM)")
         self.special_prefix = backbone.tokenize([""])[0]        # what the tokenizer puts before any text
         self.prompts = [backbone.tokenize([f"__{t.name}__"])[0] for t in ctx.stream.tasks]
         self.eos = backbone.tokenizer.eos_token_id

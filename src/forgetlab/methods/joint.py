@@ -15,12 +15,12 @@ class JointConfig(MethodConfig):
 class Joint(Method):
     name = "joint"
     Config = JointConfig
-    language_modeling = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        if cfg.freeze_backbone and learner.scenario == "language_modeling":
-            raise UserError("method.freeze_backbone: a frozen backbone leaves a language model nothing to train")
+        if cfg.freeze_backbone and not learner.own_parameters():
+            raise UserError("method.freeze_backbone: a frozen backbone leaves this learner nothing to train "
+                            "(its output layer is the backbone's, as a language model's)")
 
     def before_task(self, task):
         if task.index == 0 and self.cfg.freeze_backbone:

@@ -29,6 +29,7 @@ class KNNConfig(MethodConfig):
 
 class KNNMemory(Method):
     name = "knn_memory"
+    kinds = frozenset({"classification"})
     Config = KNNConfig
 
     def __init__(self, cfg, learner, ctx):

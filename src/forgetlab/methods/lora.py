@@ -22,7 +22,6 @@ class LoRAConfig(ModularConfig):
 class LoRA(ModularMethod):
     name = "lora"
     Config = LoRAConfig
-    language_modeling = True
 
     def add_modules(self, names):
         from peft import LoraConfig

@@ -24,6 +24,7 @@ class LwFConfig(MethodConfig):
 
 class LwF(Method):
     name = "lwf"
+    kinds = frozenset({"classification"})
     Config = LwFConfig
 
     def __init__(self, cfg, learner, ctx):

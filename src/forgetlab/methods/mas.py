@@ -23,7 +23,6 @@ class MASConfig(MethodConfig):
 class MAS(Method):
     name = "mas"
     Config = MASConfig
-    language_modeling = True
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)

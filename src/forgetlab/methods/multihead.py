@@ -19,6 +19,7 @@ class MultiHeadConfig(MethodConfig):
 
 class MultiHead(Method):
     name = "multihead"
+    kinds = frozenset({"classification"})
     Config = MultiHeadConfig
 
     def __init__(self, cfg, learner, ctx):

@@ -21,7 +21,6 @@ class PromptTuningConfig(ModularConfig):
 class PromptTuning(ModularMethod):
     name = "prompt_tuning"
     Config = PromptTuningConfig
-    language_modeling = True
 
     def add_modules(self, names):
         from peft import PromptTuningConfig as PeftPromptConfig

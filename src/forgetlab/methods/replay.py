@@ -17,4 +17,3 @@ class ReplayMethodConfig(MethodConfig):
 class Replay(Method):
     name = "replay"
     Config = ReplayMethodConfig
-    language_modeling = True

@@ -4,4 +4,3 @@ from .base import Method
 
 class Seq(Method):
     name = "seq"
-    language_modeling = True

@@ -19,6 +19,7 @@ class SeqStarConfig(MethodConfig):
 
 class SeqStar(Method):
     name = "seq_star"
+    kinds = frozenset({"classification"})
     Config = SeqStarConfig
 
     @classmethod

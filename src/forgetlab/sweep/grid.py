@@ -37,8 +37,9 @@ import yaml
 
 from pydantic import ValidationError
 
-from ..config import REPLICATE_PATHS, Config, PretrainConfig, flatten, load_config, load_pretrain_config
+from ..config import REPLICATE_PATHS, Config, PretrainConfig, flatten, load_pretrain_config
 from ..errors import UserError
+from ..experiment import load_config
 from ..report.study import StudySpec
 
 PRESET_KEYS = {"set", "pretrain_set", "pretrain", "grid", "zip", "out"}

@@ -8,31 +8,40 @@ import torch
 
 @dataclass
 class Inputs:
-    """Examples as token id lists (trainable backbone) or a feature matrix (frozen backbone)."""
+    """Examples as token id lists (trainable backbone) or a feature matrix (frozen backbone).
+
+    ``labels`` is one class id per example (0 where a kind has no classes); ``targets``, where a kind
+    predicts tokens, one target per token (IGNORE_INDEX where no loss is taken; the model shifts them)."""
 
     labels: torch.Tensor                  # [N] global class ids
     task_ids: torch.Tensor                # [N]
     example_ids: torch.Tensor             # [N] index in its task's split: (task_id, example_id) names an example
     tokens: list[list[int]] | None = None
     features: torch.Tensor | None = None
+    targets: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: torch.Tensor) -> "Inputs":
-        if self.features is not None:
-            return Inputs(self.labels[idx], self.task_ids[idx], self.example_ids[idx], features=self.features[idx])
+        rows = idx.tolist()
         return Inputs(self.labels[idx], self.task_ids[idx], self.example_ids[idx],
-                      tokens=[self.tokens[i] for i in idx.tolist()])
+                      tokens=None if self.tokens is None else [self.tokens[i] for i in rows],
+                      features=None if self.features is None else self.features[idx],
+                      targets=None if self.targets is None else [self.targets[i] for i in rows])
 
     @staticmethod
     def concat(parts: list["Inputs"]) -> "Inputs":
         if len(parts) == 1:
             return parts[0]
         ids = [torch.cat([getattr(p, k) for p in parts]) for k in ("labels", "task_ids", "example_ids")]
-        if parts[0].features is not None:
-            return Inputs(*ids, features=torch.cat([p.features for p in parts]))
-        return Inputs(*ids, tokens=[t for p in parts for t in p.tokens])
+        first = parts[0]
+        return Inputs(*ids, tokens=None if first.tokens is None else [t for p in parts for t in p.tokens],
+                      features=None if first.features is None else torch.cat([p.features for p in parts]),
+                      targets=None if first.targets is None else [t for p in parts for t in p.targets])
+
+
+IGNORE_INDEX = -100                       # a target that takes no loss (the transformers/TRL convention)
 
 
 def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +63,9 @@ def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.dev
     else:
         ids, mask = pad([inputs.tokens[i] for i in idx.tolist()], pad_id)
         batch["input_ids"], batch["attention_mask"] = ids.to(device), mask.to(device)
+    if inputs.targets is not None:
+        targets, _ = pad([inputs.targets[i] for i in idx.tolist()], IGNORE_INDEX)
+        batch["targets"] = targets.to(device)
     return batch
 
 

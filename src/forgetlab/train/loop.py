@@ -9,10 +9,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from typing import TYPE_CHECKING
+
 from ..config import TrainConfig
-from ..methods.base import Method
 from ..models.learner import Learner
 from .batching import Inputs, epoch_batches, make_batch
+
+if TYPE_CHECKING:                       # methods build on train.batching: no import at run time
+    from ..methods.base import Method
 
 
 @dataclass
@@ -23,7 +27,7 @@ class TrainStats:
     seconds: float
 
 
-def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer | None:
+def make_optimizer(method: "Method", cfg: TrainConfig) -> torch.optim.Optimizer | None:
     """AdamW over the method's parameter groups (by default backbone at ``lr_backbone``, head at ``lr_head``);
     the fused kernel on CPU and CUDA (a third faster per MiniLM step on CPU: ``forgetlab bench --only optimisations``)."""
     groups = [g for g in method.param_groups(cfg) if g["params"]]
@@ -37,7 +41,7 @@ def fusable(groups: list[dict]) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
 
 
-def train_task(learner: Learner, method: Method, inputs: Inputs, cfg: TrainConfig, *, seed: int,
+def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainConfig, *, seed: int,
                device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``; with
     ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models.learner import Learner
-from ...train.batching import Inputs, length_sorted_batches
+from ...train.batching import IGNORE_INDEX, Inputs, length_sorted_batches
 from .per_example import Unsupported, batched_statistic
 
 BATCH_SIZE = 32
@@ -24,13 +24,12 @@ def diagonal_fisher(learner: Learner, params: dict[str, torch.nn.Parameter], dat
                     make_batch: Callable[[Inputs], dict], labels: str = "true",
                     batched: bool = True) -> dict[str, torch.Tensor]:
     """F_i = E_x E_y [(d log p(y|x) / d theta_i)^2]: y drawn from the model ("true" Fisher, as in
-    Kirkpatrick et al.) or the data's label ("empirical")."""
+    Kirkpatrick et al.) or the data's target ("empirical"), over the rows that take a loss (a
+    language model: every predicted token)."""
     def log_likelihood(batch):
-        logp = F.log_softmax(learner(batch).logits, dim=-1)
-        if labels == "true":
-            y = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
-        else:
-            y = batch["labels"]
+        out = learner(batch)
+        logp, targets = F.log_softmax(out.logits, dim=-1)[scored(out)], out.targets[scored(out)]
+        y = torch.multinomial(logp.detach().exp(), 1).squeeze(1) if labels == "true" else targets
         return logp.gather(1, y[:, None]).sum()
 
     return mean_statistic(learner, log_likelihood, params, data, make_batch, square=True, batched=batched)
@@ -44,9 +43,15 @@ def mas_importance(learner: Learner, params: dict[str, torch.nn.Parameter], data
 
 def _squared_norm(learner: Learner):
     def squared_norm(batch):
-        out = learner(batch).logits
-        return out.masked_fill(torch.isinf(out), 0.0).pow(2).sum()
+        out = learner(batch)
+        logits = out.logits[scored(out)]
+        return logits.masked_fill(torch.isinf(logits), 0.0).pow(2).sum()
     return squared_norm
+
+
+def scored(out) -> torch.Tensor:
+    """Which rows of the learner's output take a loss (targets not -100)."""
+    return out.targets != IGNORE_INDEX
 
 
 def mean_statistic(learner: Learner, objective, params: dict, data: Inputs, make_batch, square: bool,

@@ -24,9 +24,9 @@ class ModularMethod(Method):
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        if cfg.per_task and learner.scenario != "task_incremental":
+        if cfg.per_task and ctx.stream.scenario != "task_incremental":
             raise UserError(f"method.per_task: one module per task needs the task id at test time "
-                            f"(data.scenario: task_incremental), not {learner.scenario}")
+                            f"(data.scenario: task_incremental), not {ctx.stream.scenario}")
         tasks = len(ctx.stream.tasks)
         self.module_names = [f"fl_task{t}" for t in range(tasks)] if cfg.per_task else ["fl_shared"]
         learner.backbone.requires_grad_(False)
@@ -54,8 +54,8 @@ class ModularMethod(Method):
 
     def param_groups(self, train):
         modules = [p for p in self.learner.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.learner.head.parameters() if p.requires_grad]
-        return [{"params": modules, "lr": self.cfg.lr}, {"params": head, "lr": train.lr_head}]
+        own = [p for p in self.learner.own_parameters() if p.requires_grad]
+        return [{"params": modules, "lr": self.cfg.lr}, {"params": own, "lr": train.lr_head}]
 
     def add_modules(self, names: list[str]) -> None:
         raise NotImplementedError
