@@ -10,7 +10,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import AutoTokenizer, BertConfig, BertModel, DataCollatorWithPadding
 
 from forgetlab.bench import incumbents
-from forgetlab.config import load_config
+from forgetlab.experiment import load_config
 from forgetlab.data.stream import build_stream
 from forgetlab.methods.ewc import EWCConfig
 from forgetlab.models.backbones import resolve_model_path

@@ -251,7 +251,7 @@ def test_inexact_division_is_an_error(tmp_path, monkeypatch, capsys):
 
 
 def test_inexact_division_allowed_runs_with_smaller_last_task(tmp_path, monkeypatch, capsys):
-    from forgetlab.config import load_config
+    from forgetlab.experiment import load_config
     from forgetlab.data.stream import build_stream
 
     cfg = write_config(tmp_path / "exp.yaml", make_jsonl(tmp_path / "data", n_classes=7, n_train=3, n_test=1),
@@ -387,7 +387,7 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_probe_settings_are_refused_clearly():
-    from forgetlab.config import load_config
+    from forgetlab.experiment import load_config
 
     with pytest.raises(UserError, match="eval.probe_type"):
         load_config({"backbone": {"arch": "gpt2"}, "data": {"name": "clinc150"}, "eval": {"probe": True, "probe_type": "mlp"}})

@@ -11,12 +11,12 @@ import yaml
 
 import forgetlab
 from conftest import SHARED_DATA
-from forgetlab.config import load_config
+from forgetlab.experiment import load_config
 from forgetlab.data.lm_stream import build_lm_stream
-from forgetlab.engine import make_engine
-from forgetlab.eval.metrics import lower_is_better_metrics, metric_direction
+from forgetlab.engine import Engine
+from forgetlab.eval.metrics import matrix_metrics, metric_direction
 from forgetlab.eval.retention import perplexity
-from forgetlab.lm_engine import LMEngine
+from forgetlab.kinds.language_modeling import LanguageModeling
 from forgetlab.store import Store
 from test_cli import assert_user_error, cli
 
@@ -55,7 +55,7 @@ B = [100.0, 80.0, 60.0]
 
 
 def test_perplexity_metrics_by_hand():
-    m = lower_is_better_metrics(P, B, "ppl")
+    m = matrix_metrics(P, B, "ppl", "lower")
     assert m["ppl"] == pytest.approx((15 + 25 + 30) / 3)
     assert m["avg_incremental_ppl"] == pytest.approx((10 + (8 + 20) / 2 + (15 + 25 + 30) / 3) / 3)
     assert m["learning_ppl"] == pytest.approx((10 + 20 + 30) / 3)
@@ -66,7 +66,7 @@ def test_perplexity_metrics_by_hand():
 
 def test_nll_metrics_are_the_same_formulas_on_log_perplexity():
     N = np.log(P)
-    m = lower_is_better_metrics(N, np.log(B), "nll")
+    m = matrix_metrics(N, np.log(B), "nll", "lower")
     assert math.exp(m["nll"]) == pytest.approx((15 * 25 * 30) ** (1 / 3))      # geometric mean of the last row
     assert m["bwt_nll"] == pytest.approx((math.log(15 / 10) + math.log(25 / 20)) / 2)
     assert m["forgetting_nll"] == pytest.approx((math.log(15 / 8) + math.log(25 / 20)) / 2)
@@ -74,11 +74,11 @@ def test_nll_metrics_are_the_same_formulas_on_log_perplexity():
 
 
 def test_one_task_gives_none_and_directions_are_stated():
-    m = lower_is_better_metrics([[12.0]], [100.0], "ppl")
+    m = matrix_metrics([[12.0]], [100.0], "ppl", "lower")
     assert m["ppl"] == 12.0 and m["bwt_ppl"] is None and m["fwt_ppl"] is None and m["forgetting_ppl"] is None
-    assert {metric_direction(k) for k in m} == {"lower"}
-    assert metric_direction("nll") == metric_direction("forgetting") == "lower"
-    assert metric_direction("acc") == metric_direction("bwt") == "higher"
+    assert {metric_direction(k, "lower") for k in m} == {"lower"}
+    assert metric_direction("forgetting") == metric_direction("forgetting_acc") == metric_direction("intransigence") == "lower"
+    assert metric_direction("acc") == metric_direction("bwt") == metric_direction("bwt_probe_acc") == "higher"
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_lm_stream_run_gives_a_perplexity_matrix_that_learns_each_task(tmp_path)
 
 def test_mean_nll_matches_an_independent_perplexity(tmp_path):
     cfg = load_config(lm_config())
-    engine = make_engine(cfg)
+    engine = Engine(cfg)
     raw = engine.run(tmp_path / "run", Store(tmp_path / "store.db"))
     backbone = engine.learner.backbone.eval()
     task = engine.stream.tasks[0]                  # Tiny Shakespeare's valid.txt, after the whole stream
@@ -153,19 +153,19 @@ def test_same_config_same_numbers_and_resume_continues_exactly(tmp_path, monkeyp
     assert straight["perplexity_matrix"] == again["perplexity_matrix"]
     assert straight["accuracy_matrix"] == again["accuracy_matrix"]
 
-    real, calls = LMEngine.scores, []
+    real, calls = LanguageModeling.evaluate, []
 
-    def dies_after_task_0(self):                  # baseline, after task 0, then the run dies
+    def dies_after_task_0(self, method, seen):    # baseline, after task 0, then the run dies
         if len(calls) == 2:
             raise RuntimeError("killed")
         calls.append(1)
-        return real(self)
+        return real(self, method, seen)
 
-    monkeypatch.setattr(LMEngine, "scores", dies_after_task_0)
+    monkeypatch.setattr(LanguageModeling, "evaluate", dies_after_task_0)
     with pytest.raises(RuntimeError):
         forgetlab.run(lm_config(), out=tmp_path / "c")
     assert json.loads((tmp_path / "c" / "results.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(LMEngine, "scores", real)
+    monkeypatch.setattr(LanguageModeling, "evaluate", real)
     resumed = forgetlab.run(lm_config(), out=tmp_path / "c", resume=True).raw
     assert resumed["perplexity_matrix"] == straight["perplexity_matrix"]
 

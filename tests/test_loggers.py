@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_config
 
 from forgetlab.api import run
-from forgetlab.config import load_config
+from forgetlab.experiment import load_config
 
 
 def test_log_section_does_not_change_a_runs_identity():

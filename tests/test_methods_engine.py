@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 import forgetlab
 from forgetlab.cli import main
-from forgetlab.config import load_config
+from forgetlab.experiment import load_config
 from forgetlab.engine import Engine
 from forgetlab.methods import REGISTRY, method_class
 from forgetlab.store import Store

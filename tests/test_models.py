@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetlab.config import BackboneConfig, DataConfig, HeadConfig
+from forgetlab.config import BackboneConfig, HeadConfig
+from forgetlab.kinds.classification import ClassificationData
 from forgetlab.data.stream import build_stream
 from forgetlab.models.backbones import build_backbone, pool, resolve_model_path
 from forgetlab.models.heads import Head
@@ -50,7 +51,7 @@ def test_head_blocks_are_seeded_independently():
 
 
 def _learner(scenario="class_incremental", preallocate=False):
-    stream = build_stream(DataConfig(name="clinc150", classes_per_task=50, scenario=scenario,
+    stream = build_stream(ClassificationData(name="clinc150", classes_per_task=50, scenario=scenario,
                                      max_train_per_class=1, max_test_per_class=1))
     bb = build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=16))
     return Learner(bb, HeadConfig(preallocate=preallocate), stream), stream

@@ -1,13 +1,13 @@
 """Stream splits: disjoint classes, seeded orders, caps, scenarios, sequences."""
 import pytest
 
-from forgetlab.config import DataConfig
+from forgetlab.kinds.classification import ClassificationData
 from forgetlab.data.stream import build_stream
 from forgetlab.errors import UserError
 
 
-def clinc(**kw) -> DataConfig:
-    return DataConfig(name="clinc150", **kw)
+def clinc(**kw) -> ClassificationData:
+    return ClassificationData(name="clinc150", **kw)
 
 
 def test_clinc150_is_15_tasks_of_10_disjoint_classes():
@@ -70,7 +70,7 @@ def test_domain_incremental_by_field_shares_one_label_space():
 
 
 def test_five_dataset_sequence_namespaces_labels_per_data_set():
-    cfg = DataConfig(sequence=["agnews", "yelp", "amazon", "dbpedia", "yahoo"], order_seed=None,
+    cfg = ClassificationData(sequence=["agnews", "yelp", "amazon", "dbpedia", "yahoo"], order_seed=None,
                      max_train_per_class=2, max_test_per_class=2)
     s = build_stream(cfg)
     assert [t.name for t in s.tasks] == ["agnews", "yelp", "amazon", "dbpedia", "yahoo"]
@@ -79,7 +79,7 @@ def test_five_dataset_sequence_namespaces_labels_per_data_set():
 
 
 def test_sequence_order_is_seeded():
-    cfg = lambda seed: DataConfig(sequence=["agnews", "yelp", "amazon"], order_seed=seed, max_train_per_class=1,
+    cfg = lambda seed: ClassificationData(sequence=["agnews", "yelp", "amazon"], order_seed=seed, max_train_per_class=1,
                                   max_test_per_class=1)
     orders = {tuple(t.name for t in build_stream(cfg(seed)).tasks) for seed in range(6)}
     assert len(orders) > 1
@@ -87,7 +87,7 @@ def test_sequence_order_is_seeded():
 
 
 def test_domain_incremental_sequence_shares_yelp_and_amazon_labels():
-    cfg = DataConfig(sequence=["yelp", "amazon"], scenario="domain_incremental", order_seed=None,
+    cfg = ClassificationData(sequence=["yelp", "amazon"], scenario="domain_incremental", order_seed=None,
                      max_train_per_class=2, max_test_per_class=2)
     s = build_stream(cfg)
     assert s.num_classes == 5 and s.tasks[0].classes == s.tasks[1].classes
@@ -95,4 +95,4 @@ def test_domain_incremental_sequence_shares_yelp_and_amazon_labels():
 
 def test_unknown_builtin_name():
     with pytest.raises(UserError, match="unknown data set"):
-        build_stream(DataConfig(name="clinc151", classes_per_task=10))
+        build_stream(ClassificationData(name="clinc151", classes_per_task=10))

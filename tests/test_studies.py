@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from conftest import SHARED_DATA, tiny_config
-from forgetlab.config import BackboneConfig, load_config, load_pretrain_config
+from forgetlab.config import BackboneConfig, load_pretrain_config
+from forgetlab.experiment import load_config
 from forgetlab.data.lm_stream import build_lm_stream
 from forgetlab.data.sources import load_dataset
 from forgetlab.errors import UserError

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import forgetlab
-from forgetlab.config import DataConfig, load_config
+from forgetlab.kinds.classification import ClassificationData
+from forgetlab.experiment import load_config
 from forgetlab.data.sources import Example
 from forgetlab.data.stream import build_stream
 from forgetlab.data.transforms import duplicate, zipf_ranks, zipf_sizes
@@ -37,7 +38,7 @@ def toy(tmp_path):
 
 def stream(toy, transform=None, seed=0, **kw):
     cfg = {"path": str(toy), "classes_per_task": 4, "order_seed": None, **kw}
-    return build_stream(DataConfig(**cfg, transform=transform), seed)
+    return build_stream(ClassificationData(**cfg, transform=transform), seed)
 
 
 def per_class(task) -> dict[int, int]:
