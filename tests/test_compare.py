@@ -18,10 +18,10 @@ from forgetlab.store import Store
 
 
 def fake_run(name: str, seed: int, acc: float, method: str = "seq", order_seed: int = 0, tasks=("a", "b")) -> dict:
-    R = [[acc + 0.2, 0.0], [acc - 0.1, acc + 0.1]]          # final mean = acc
+    R = [[acc + 0.2, 0.0], [acc - 0.1, acc + 0.1]]          # final mean = acc; task 0 dropped by 0.3
     return {"run_id": f"{name}-{seed}-{order_seed}", "status": "completed", "tasks": list(tasks),
             "config": {"name": name, "seed": seed, "method": {"name": method}, "data": {"order_seed": order_seed}},
-            "accuracy_matrix": R, "metrics": {"acc": acc}, "timing": {"total_s": 3.0, "eval_s": 1.0}}
+            "accuracy_matrix": R, "metrics": {"acc": acc, "forgetting": 0.3}, "timing": {"total_s": 3.0, "eval_s": 1.0}}
 
 
 def test_paired_test_matches_a_hand_computation():

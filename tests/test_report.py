@@ -4,7 +4,7 @@ import base64
 import re
 
 from forgetlab.report import write_report
-from forgetlab.report.figures import accuracy_heatmap_png, task_curves_png
+from forgetlab.report.figures import heatmap_png, task_curves_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -38,7 +38,7 @@ def test_report_contents(tmp_path):
     assert "run-42" in page and "completed" in page
     for value in ("0.5833", "0.7123", "-0.3750", "0.0125", "0.4000", "0.8500"):
         assert f'<td class="num">{value}</td>' in page
-    assert re.search(r"<td>intransigence</td><td class=\"num\">–</td>", page)
+    assert "intransigence" not in page          # not measured (no joint reference): no row
     assert "0.5500" in page  # the matrix as a table
     assert "13.75" in page and "transformers" in page
 
@@ -59,11 +59,12 @@ def test_probe_matrix_adds_a_heat_map(tmp_path):
     probe = [[0.95, 0.3, 0.3], [0.9, 0.9, 0.35], [0.88, 0.86, 0.9]]
     page = write_report(_results(probe), tmp_path / "report.html").read_text(encoding="utf-8")
     images = _images(page)
-    assert len(images) == 3
+    assert len(images) == 4                     # each matrix: its heat map and its tasks' curves
     assert all(base64.b64decode(d).startswith(PNG_SIGNATURE) for d in images)
     assert "probe" in page.lower()
 
 
 def test_figures_single_task():
-    assert accuracy_heatmap_png([[0.5]], ["only"], "R").startswith(PNG_SIGNATURE)
+    assert heatmap_png([[0.5]], ["only"], "R").startswith(PNG_SIGNATURE)
+    assert heatmap_png([[12.0]], ["only"], "P", "lower", baseline=[30.0]).startswith(PNG_SIGNATURE)
     assert task_curves_png([[0.5]], ["only"]).startswith(PNG_SIGNATURE)
