@@ -301,7 +301,7 @@ def _metrics_table(raws: list[dict], title: str) -> Table:
 
 def _matrix_table(M: list[list[float]], tasks: list[str], title: str, baseline: list[float] | None = None) -> Table:
     """A matrix, one row per task trained through, under its baseline row if any."""
-    table = Table("after \\ on", *map(escape, tasks), title=escape(title))
+    table = Table("after \\ on", *map(escape, tasks), title=escape(title), min_width=len(title))
     rows = ([("before training", baseline)] if baseline is not None else []) + list(zip(map(escape, tasks), M))
     for name, row in rows:
         table.add_row(name, *(f"{x:.3f}" for x in row))

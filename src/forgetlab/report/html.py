@@ -81,7 +81,7 @@ def _matrix_section(name: str, matrix: dict, tasks: list[str]) -> dict:
     rows = ([("before training", baseline)] if baseline is not None else []) + \
         [(f"after {tasks[i]}", row) for i, row in enumerate(values)]
     decimals = 2 if any(v is not None and abs(v) >= 10 for _, row in rows for v in row) else 4
-    title = f"{name[:1].upper()}{name[1:]} matrix"
+    title = f"{name} matrix"
     return {
         "title": f"{title} ({direction} is better)",
         "measure": measure(name),

@@ -61,7 +61,7 @@ def split_key(key: str) -> tuple[str, str]:
 def matrices_of(results: dict) -> dict[str, dict]:
     """The run's matrices, name -> {values, baseline, direction, metrics}, in results.json's order.
     For older files: derived, each matrix that has values or metric keys (values None where only the
-    metrics are known, as in a store's row)."""
+    metrics are known, as in a store's row), then one per other unit of the metric keys, named by it."""
     if results.get("matrices"):
         return {name: {"values": m.get("values"), "baseline": m.get("baseline"),
                        "direction": m.get("direction", "higher"), "metrics": dict(m.get("metrics") or {})}
@@ -75,6 +75,12 @@ def matrices_of(results: dict) -> dict[str, dict]:
         if values is not None or metrics:
             out[name] = {"values": values, "baseline": results.get(baseline_key) if baseline_key else None,
                          "direction": directions.get(unit, direction), "metrics": metrics}
+    known = {unit for *_, unit in _OLDER}
+    for key, value in flat.items():
+        unit = split_key(key)[1]
+        if unit not in known:
+            out.setdefault(unit, {"values": None, "baseline": None, "direction": directions.get(unit, "higher"),
+                                  "metrics": {}})["metrics"][key] = value
     return out
 
 
