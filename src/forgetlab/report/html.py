@@ -89,7 +89,8 @@ def _matrix_section(name: str, matrix: dict, tasks: list[str]) -> dict:
         "metrics": [(k, _fmt(metrics[k]), describe(k, name, direction)) for k in shown],
         "figures": [{"title": title + (" under its baseline row" if baseline is not None else ""),
                      "uri": _data_uri(heatmap_png(values, tasks, title, direction, baseline, name))},
-                    {"title": f"Each task's {name} from the step it is learnt, and the average over the tasks seen so far",
+                    {"title": f"Each task's {name} from the step it is learnt, and the average over the tasks "
+                              "seen so far",
                      "uri": _data_uri(task_curves_png(values, tasks, name))}],
         "rows": [(label, [_fmt(v, decimals) for v in row]) for label, row in rows],
     }
