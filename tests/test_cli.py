@@ -366,7 +366,8 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "show", out_dir)
     assert code == 0, err
     assert raw["run_id"] in out and "completed" in out
-    assert "R[i, j]" in out and "task1" in out
+    assert "accuracy matrix M[i, j] (higher is better)" in out and "task1" in out
+    assert "intransigence" not in out                # never measured for a single run
 
     code, out, err = cli(monkeypatch, capsys, "show", "--store", db)
     assert code == 0, err
@@ -384,6 +385,30 @@ def test_csv_run_show_export(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert [r["run_id"] for r in json.loads(out)] == [raw["run_id"]]
 
+
+
+def test_show_lists_every_matrix_of_a_run_and_of_a_store(tmp_path, monkeypatch, capsys):
+    from test_report import _with_rouge
+
+    raw = _with_rouge()
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(raw))
+    code, out, err = cli(monkeypatch, capsys, "show", run)
+    assert code == 0, err
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in out.splitlines() if line.startswith("│")]
+    assert [r for r in rows if r[0] in ("acc", "bwt", "rouge", "bwt_rouge")] == \
+        [["acc", "0.7000"], ["bwt", "-0.3000"], ["rouge", "0.3750"], ["bwt_rouge", "-0.2000"]]
+    assert "rouge matrix M[i, j] (higher is better)" in out and "intransigence" not in out
+    assert ["before training", "0.100", "0.150"] in rows and ["t1", "0.300", "0.450"] in rows
+    store = Store(tmp_path / "runs" / "forgetlab.db")
+    config = {**raw["config"], "data": {"name": "d", "scenario": "s"}, "backbone": {"name": "m"}}
+    store.begin(raw["run_id"], "h", config, str(run))
+    store.complete(raw["run_id"], raw)
+    code, out, err = cli(monkeypatch, capsys, "show", tmp_path / "runs")
+    assert code == 0, err
+    header = [cell.strip() for cell in next(line for line in out.splitlines() if "run_id" in line).strip("┃ ").split("┃")]
+    assert header[header.index("seed") + 1:] == ["acc", "bwt", "rouge", "bwt_rouge"]
 
 
 def test_bad_probe_settings_are_refused_clearly():

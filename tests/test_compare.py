@@ -1,4 +1,5 @@
-"""The comparison report and export: filters, groups, CIs, paired tests, mean matrices, escaping."""
+"""The comparison report and export: filters, groups, CIs, paired tests, mean matrices, escaping; columns
+from the runs' matrices; intransigence against the joint run on the same stream."""
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,16 @@ from scipy import stats
 from forgetlab.cli import main
 from forgetlab.errors import UserError
 from forgetlab.report.compare import write_comparison
-from forgetlab.report.summary import (check_where, incremental_curve, matches, mean_matrix, paired_test, paired_tests,
-                                      parse_where, summarize)
+from forgetlab.report.summary import (check_where, columns_for, format_cell, incremental_curve, markdown_table, matches,
+                                      mean_matrix, paired_test, paired_tests, parse_where, summarize, with_intransigence)
 from forgetlab.store import Store
 
 
 def fake_run(name: str, seed: int, acc: float, method: str = "seq", order_seed: int = 0, tasks=("a", "b")) -> dict:
-    R = [[acc + 0.2, 0.0], [acc - 0.1, acc + 0.1]]          # final mean = acc
+    R = [[acc + 0.2, 0.0], [acc - 0.1, acc + 0.1]]          # final mean = acc; task 0 dropped by 0.3
     return {"run_id": f"{name}-{seed}-{order_seed}", "status": "completed", "tasks": list(tasks),
             "config": {"name": name, "seed": seed, "method": {"name": method}, "data": {"order_seed": order_seed}},
-            "accuracy_matrix": R, "metrics": {"acc": acc}, "timing": {"total_s": 3.0, "eval_s": 1.0}}
+            "accuracy_matrix": R, "metrics": {"acc": acc, "forgetting": 0.3}, "timing": {"total_s": 3.0, "eval_s": 1.0}}
 
 
 def test_paired_test_matches_a_hand_computation():
@@ -124,3 +125,72 @@ def test_repeated_replicates_in_a_group_count_once_as_their_mean_and_where_compa
     assert matches(run, parse_where(["train.lr=1e-3"])) and not matches(run, parse_where(["train.lr=1e-2"]))
     with pytest.raises(UserError, match="--where train.lrr: no run has this key"):
         check_where([run], {"train.lrr": 1})
+
+
+# -- columns from the runs' matrices ---------------------------------------------------------------
+def _titles(runs) -> list[str]:
+    return [t for _, t, _ in columns_for(runs)]
+
+
+def test_columns_come_from_the_matrices_every_run_has():
+    from test_report import _older_lm, _with_rouge
+
+    rouge = _with_rouge()
+    assert _titles([rouge]) == ["acc", "bwt", "rouge", "bwt rouge", "train s", "peak RSS MiB"]
+    assert _titles([rouge, fake_run("x", 0, 0.5)]) == ["acc", "bwt", "forgetting", "train s", "peak RSS MiB"]
+    lm = {**_older_lm(), "retention": {"perplexity_ratio": 1.5}}
+    columns = columns_for([lm])
+    assert [t for _, t, _ in columns] == ["acc", "bwt", "forgetting", "learning acc", "ppl", "bwt nll", "forgetting nll",
+                                          "learning ppl", "general ppl after/before", "train s", "peak RSS MiB"]
+    assert [(p, d) for p, t, d in columns if t in ("ppl", "bwt nll")] == [("metrics.ppl", 2), ("metrics.bwt_nll", 4)]
+    table = markdown_table(summarize([rouge]))
+    assert table.startswith("| method | n | acc | bwt | rouge | bwt rouge | train s | peak RSS MiB |")
+    assert "| seq | 1 | 0.7000 | -0.3000 | 0.3750 | -0.2000 | 2.0 | – |" in table
+
+
+# -- intransigence against the joint run on the same stream and replicate --------------------------
+def _pair():
+    """A joint run and a sequential one with the same config but for method, name and log."""
+    config = {"seed": 0, "data": {"name": "d", "scenario": "class_incremental"}, "backbone": {"name": "m"},
+              "train": {"lr": 0.01}}
+    joint = {"run_id": "joint-0", "status": "completed", "tasks": ["a", "b"],
+             "config": {**config, "name": "joint", "method": {"name": "joint"}, "log": {"tensorboard": True}},
+             "accuracy_matrix": [[0.9, 0.0], [0.85, 0.88]], "metrics": {"acc": 0.865, "intransigence": None}}
+    seq = {"run_id": "seq-0", "status": "completed", "tasks": ["a", "b"],
+           "config": {**config, "name": "seq", "method": {"name": "seq"}},
+           "accuracy_matrix": [[0.8, 0.0], [0.3, 0.7]], "metrics": {"acc": 0.5, "intransigence": None}}
+    return joint, seq
+
+
+def test_intransigence_is_measured_against_the_matching_joint_run():
+    joint, seq = _pair()
+    other = {**seq, "run_id": "seq-lr", "config": {**seq["config"], "name": "seq-lr", "train": {"lr": 0.1}}}
+    runs = with_intransigence([joint, seq, other], [joint, seq, other])
+    # R*[j] = joint R[j, j] = (0.9, 0.88); seq R[j, j] = (0.8, 0.7): ((0.9 - 0.8) + (0.88 - 0.7)) / 2 = 0.14
+    assert runs[1]["metrics"]["intransigence"] == pytest.approx(0.14)
+    assert runs[0]["metrics"]["intransigence"] == pytest.approx(0.0)
+    assert runs[2]["metrics"]["intransigence"] is None          # another learning rate: no joint run
+    assert seq["metrics"]["intransigence"] is None               # the runs given are left as they were
+    rows = summarize(runs)
+    assert "intransigence" in _titles(runs)
+    assert [format_cell(*r["intransigence"], 4) for r in rows] == ["0.0000", "0.1400", "–"]
+    assert "intransigence" not in _titles([seq, other]) and "intransigence" not in _titles(with_intransigence([seq], [seq]))
+
+
+def test_comparison_and_export_find_the_joint_run_outside_the_selection(tmp_path, monkeypatch, capsys):
+    joint, seq = _pair()
+    table = write_comparison([seq], tmp_path / "c.html", references=[joint, seq])
+    assert "| intransigence |" in table.splitlines()[0] and "| 0.1400 |" in table
+    assert "intransigence" not in write_comparison([seq], tmp_path / "d.html")
+    db = tmp_path / "s.db"
+    store = Store(db)
+    for r in (joint, seq):
+        store.begin(r["run_id"], r["run_id"], r["config"], str(tmp_path / r["run_id"]))
+        store.complete(r["run_id"], r)
+    monkeypatch.setattr(sys, "argv", ["forgetlab", "export", "--store", str(db), "--group-by", "name",
+                                      "--where", "method.name=seq"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code in (0, None)
+    [row] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["group"] == "seq" and float(row["intransigence"]) == pytest.approx(0.14)

@@ -19,8 +19,6 @@ from .errors import UserError
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Measure, explain and reduce forgetting when fine-tuning language models on a stream of tasks.")
 out = Console()
-METRIC_KEYS = ("acc", "avg_incremental_acc", "learning_acc", "bwt", "fwt", "forgetting", "intransigence")
-LM_METRIC_KEYS = ("ppl", "learning_ppl", "bwt_ppl", "fwt_ppl", "forgetting_ppl", "nll", "bwt_nll")   # lower is better
 
 
 @app.command()
@@ -43,25 +41,24 @@ def run(config: Path = typer.Argument(..., help="experiment YAML"),
 @app.command()
 def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or an output root holding forgetlab.db"),
          store: Optional[Path] = typer.Option(None, "--store", help="SQLite store")):
-    """Print a run's metrics and accuracy matrix, or every run in a store."""
+    """Print a run's metrics and matrices, or every run in a store."""
+    from .report.matrices import matrices_of
+    from .report.summary import metric_keys
     from .store import Store
 
     if path is not None and (path / "results.json").is_file():
         raw = json.loads((path / "results.json").read_text())
         _print_table(_metrics_table([raw], title=f"run {raw['run_id']} ({raw['status']})"))
-        lm = raw.get("perplexity_matrix")
-        if raw.get("accuracy_matrix"):
-            _print_table(_matrix_table(raw["accuracy_matrix"], raw["tasks"],
-                                       f"{'next-token ' if lm else ''}accuracy matrix R[i, j]"))
-        if lm:
-            _print_table(_matrix_table(lm, raw["tasks"], "perplexity matrix P[i, j] (lower is better)"))
+        for name, m in matrices_of(raw).items():
+            if m["values"]:
+                _print_table(_matrix_table(m["values"], raw["tasks"],
+                                           f"{name} matrix M[i, j] ({m['direction']} is better)", m["baseline"]))
         return
     db = store or (path / "forgetlab.db" if path else Path("runs/forgetlab.db"))
     if not db.is_file():
         raise UserError(f"{db}: no store here (give a run directory, or --store PATH)")
     runs = Store(db).runs()
-    keys = METRIC_KEYS + tuple(k for k in ("ppl", "bwt_ppl", "forgetting_ppl")      # language-modelling runs
-                               if any(k in (r["metrics"] or {}) for r in runs))
+    keys = metric_keys(runs)
     table = Table("run_id", "status", "method", "dataset", "scenario", "backbone", "seed", *keys,
                   title=escape(str(db)))
     for r in runs:
@@ -78,7 +75,7 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
            where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
     """Export the runs of a store, or with --group-by the report's numbers (mean, 95% CI, paired tests)."""
-    from .report.summary import columns_for, matches, paired_tests, parse_where, records, summarize
+    from .report.summary import matches, paired_tests, parse_where, records, summarize, with_intransigence
     from .store import Store
 
     if fmt not in ("csv", "json"):
@@ -89,9 +86,9 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
     if not group_by:
         text = Store(store).export(fmt, keep=lambda run: matches(run, conditions))
     else:
-        runs = _completed(store, conditions)
-        rows = summarize(runs, group_by)
-        summary = records(rows, columns_for(runs))
+        everything, runs = _completed(store, conditions)
+        rows = summarize(with_intransigence(runs, everything), group_by)
+        summary = records(rows)
         if fmt == "json":
             text = json.dumps({"group_by": group_by, "where": conditions, "groups": summary,
                                "paired_tests": paired_tests(rows)}, indent=2)
@@ -107,8 +104,9 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
         sys.stdout.write(text)
 
 
-def _completed(store: Path, conditions: dict) -> list[dict]:
-    """The results of a store's completed runs that match ``--where``, oldest first."""
+def _completed(store: Path, conditions: dict) -> tuple[list[dict], list[dict]]:
+    """The results of a store's completed runs, oldest first: all of them (where joint references are
+    found) and those that match ``--where``."""
     from .report.summary import check_where, matches
     from .store import Store
 
@@ -117,7 +115,7 @@ def _completed(store: Path, conditions: dict) -> list[dict]:
     runs = [r for r in everything if matches(r, conditions)]
     if not runs:
         raise UserError(f"{store}: no completed runs" + (" match --where" if conditions else ""))
-    return runs
+    return everything, runs
 
 
 @app.command()
@@ -184,16 +182,18 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
         out.print(f"report: {write_report(results.raw, output or run_dirs[0] / 'report.html')}")
         return
     conditions = parse_where(where)
-    runs = [raw for raw in (load(d).raw for d in run_dirs) if matches(raw, conditions)]
+    given = [load(d).raw for d in run_dirs]
+    runs = [raw for raw in given if matches(raw, conditions)]
     if store is not None:
         if not store.is_file():
             raise UserError(f"{store}: store not found")
-        runs += _completed(store, conditions)
+        stored, matching = _completed(store, conditions)
+        given, runs = given + stored, runs + matching
     runs = list({r["run_id"]: r for r in runs}.values())     # a run given twice counts once
     if not runs:
         raise UserError("report: no completed runs (give run directories or --store DB)")
     target = output or (store.parent if store else Path(".")) / "comparison.html"
-    table = write_comparison(runs, target, group_by=group_by, title=f"forgetlab: {len(runs)} runs")
+    table = write_comparison(runs, target, group_by=group_by, title=f"forgetlab: {len(runs)} runs", references=given)
     if markdown:
         markdown.write_text(table)
     sys.stdout.write(table)
@@ -285,17 +285,26 @@ def _fmt(v) -> str:
 
 
 def _metrics_table(raws: list[dict], title: str) -> Table:
+    """Every matrix's metrics, one row each (intransigence only where measured), one column per run."""
+    from .report.matrices import matrices_of, ordered, split_key
+
     table = Table("metric", *(escape(str(r.get("run_id", ""))) for r in raws), title=escape(title))
-    lm = [k for k in LM_METRIC_KEYS if any(k in (r.get("metrics") or {}) for r in raws)]
-    for k in METRIC_KEYS + tuple(lm):
-        table.add_row(k, *(_fmt((r.get("metrics") or {}).get(k)) for r in raws))
+    tables = [matrices_of(r) for r in raws]
+    for name in dict.fromkeys(n for t in tables for n in t):
+        per_run = [(t.get(name) or {}).get("metrics") or {} for t in tables]
+        for k in ordered(dict.fromkeys(k for metrics in per_run for k in metrics)):
+            values = [metrics.get(k) for metrics in per_run]
+            if split_key(k)[0] != "intransigence" or any(v is not None for v in values):
+                table.add_row(escape(k), *(_fmt(v) for v in values))
     return table
 
 
-def _matrix_table(R: list[list[float]], tasks: list[str], title: str) -> Table:
-    table = Table("after \\ on", *map(escape, tasks), title=escape(title))
-    for name, row in zip(tasks, R):
-        table.add_row(escape(name), *(f"{x:.3f}" for x in row))
+def _matrix_table(M: list[list[float]], tasks: list[str], title: str, baseline: list[float] | None = None) -> Table:
+    """A matrix, one row per task trained through, under its baseline row if any."""
+    table = Table("after \\ on", *map(escape, tasks), title=escape(title), min_width=len(title))
+    rows = ([("before training", baseline)] if baseline is not None else []) + list(zip(map(escape, tasks), M))
+    for name, row in rows:
+        table.add_row(name, *(f"{x:.3f}" for x in row))
     return table
 
 

@@ -30,14 +30,14 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def finish(self, results: dict) -> None:
-        from .report.figures import accuracy_heatmap_png
+        from .report.figures import heatmap_png
         import matplotlib.pyplot as plt
 
         step = len(results["tasks"])
         for key, value in results["metrics"].items():
             if value is not None:
                 self.writer.add_scalar(f"metrics/{key}", value, step)
-        png = accuracy_heatmap_png(results["accuracy_matrix"], results["tasks"], "Accuracy R")
+        png = heatmap_png(results["accuracy_matrix"], results["tasks"], "Accuracy R")
         self.writer.add_image("accuracy_matrix", plt.imread(io.BytesIO(png), format="png")[..., :3], step,
                               dataformats="HWC")
         self.writer.add_text("accuracy_matrix", _markdown_matrix(results["tasks"], results["accuracy_matrix"]), step)

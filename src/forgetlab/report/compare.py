@@ -1,5 +1,5 @@
 """The comparison report: runs grouped (e.g. by method), each figure as mean ± 95% CI over seeds and
-orders, paired tests between groups, mean accuracy matrices and accuracy curves."""
+orders, paired tests between groups, mean matrices and accuracy curves."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,19 +8,22 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from ..eval.per_class import per_class_forgetting
-from .figures import accuracy_heatmap_png, bars_with_ci_png, class_forgetting_png, curves_with_ci_png
+from .figures import bars_with_ci_png, class_forgetting_png, curves_with_ci_png, heatmap_png
 from .html import _ENV, _data_uri
+from .matrices import matrices_of, split_key
 from .study import StudySpec, study_markdown, study_png, study_points
-from .summary import (COLUMNS, columns_for, format_cell, incremental_curve, markdown_table, mean_matrix, paired_tests,
-                      summarize)
+from .summary import (columns_for, format_cell, incremental_curve, lookup, markdown_table, mean_matrix, paired_tests,
+                      shared_matrices, summarize, with_intransigence)
 
 
 def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
                      title: str = "forgetlab runs", study: StudySpec | None = None,
-                     study_figure: Path | None = None) -> str:
+                     study_figure: Path | None = None, references: list[dict] | None = None) -> str:
     """Write the HTML comparison of completed runs (results.json dicts) to ``path``, with the ``study``
     section first if one is given (its figure also to ``study_figure``, if given); returns its Markdown
-    table (the study's points, then the summary)."""
+    table (the study's points, then the summary). Each run's intransigence is measured against its
+    joint run among ``references`` (default: the runs themselves)."""
+    runs = with_intransigence(runs, runs if references is None else references)
     columns = columns_for(runs)
     rows = summarize(runs, group_by, columns)
     section = None
@@ -38,7 +41,8 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     labels = [r["group"] for r in rows]
     figures = [{"title": f"{name} (mean ± 95% CI)",
                 "uri": _data_uri(bars_with_ci_png(labels, [r[name][0] for r in rows], [r[name][1] for r in rows], name))}
-               for name in (("acc", "forgetting") if columns is COLUMNS else ("ppl", "forgetting nll"))]
+               for where, name, _ in columns
+               if where.startswith("metrics.") and split_key(where.removeprefix("metrics."))[0] in ("", "forgetting")]
     curves = {r["group"]: incremental_curve(r["members"]) for r in rows}
     curves = {k: v for k, v in curves.items() if v}
     if curves:
@@ -53,23 +57,26 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
                                      f"{len(pooled)} classes of {sum(map(_uneven, r['members']))} runs "
                                      f"(Spearman ρ = {rho:.2f})",
                             "uri": _data_uri(class_forgetting_png(counts, forgetting))})
-    matrices = []
-    for r in rows:
-        mean = mean_matrix(r["members"])
+    matrices, names = [], shared_matrices(runs)
+    for r in rows if names else ():
+        mean = mean_matrix(r["members"], names[0])
         if mean is not None:
             tasks = [str(t) for t in r["members"][0]["tasks"]]
-            matrices.append({"title": f"{r['group']}: mean R over {r['n']} run(s)",
-                             "uri": _data_uri(accuracy_heatmap_png(mean, tasks, f"{r['group']} (mean R)"))})
-    tests = paired_tests(rows, _tested_metric(study, columns))
+            direction = matrices_of(r["members"][0])[names[0]]["direction"]
+            matrices.append({"title": f"{r['group']}: mean {names[0]} matrix over {r['n']} run(s)",
+                             "uri": _data_uri(heatmap_png(mean, tasks, f"{r['group']} (mean {names[0]})", direction))})
+    tests = paired_tests(rows, _tested_path(study))
+    first = next((c for c in columns if c[0].startswith("metrics.")), None)
     page = _ENV.get_template("compare.html").render(
         title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices, study=section,
+        matrix_name=names[0] if names else "", run_metric=first[1] if first else "",
         head=[t for _, t, _ in columns],
         rows=[{"group": r["group"], "n": r["n"], "seeds": ", ".join(map(str, r["seeds"])),
                "cells": [(format_cell(*r[t], d), r[t][0]) for _, t, d in columns]} for r in rows],
         tests=[{**t, "cells": [format_cell(t["diff"], t["ci"], 4), format_cell(t["t"], None, 2),
                                format_cell(t["p"], None, 4)]} for t in tests],
         runs=[{"run_id": r.get("run_id", ""), "name": r["config"].get("name") or "", "seed": r["config"].get("seed"),
-               "acc": format_cell((r.get("metrics") or {}).get("acc"), None, 4)} for r in runs],
+               "metric": format_cell(lookup(r, first[0]), None, first[2]) if first else ""} for r in runs],
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +85,10 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     return (section["table"] + "\n" + table) if section else table
 
 
-def _tested_metric(study: StudySpec | None, columns: tuple) -> str:
-    """The results path the paired tests compare: the study's first y (a plain path), else accuracy,
-    or NLL forgetting for language-modelling runs."""
-    if study is not None and " - " not in study.y[0]:
-        return study.y[0]
-    return "metrics.acc" if columns is COLUMNS else "metrics.forgetting_nll"
+def _tested_path(study: StudySpec | None) -> str | None:
+    """The results path the paired tests compare: the study's first y (a plain path), else None (the
+    summary's first metric)."""
+    return study.y[0] if study is not None and " - " not in study.y[0] else None
 
 
 def _uneven(run: dict) -> bool:

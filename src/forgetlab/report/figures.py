@@ -1,4 +1,5 @@
-"""PNG figures of an accuracy (or perplexity) matrix, rendered off-screen with matplotlib's Agg backend."""
+"""PNG figures of a run's matrices (accuracy, perplexity, ...) and of comparisons, rendered off-screen
+with matplotlib's Agg backend."""
 
 from __future__ import annotations
 
@@ -29,20 +30,29 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def accuracy_heatmap_png(matrix: Matrix, tasks: Sequence[str], title: str) -> bytes:
-    """A heat map of matrix[i][j] (row: after task i, column: task j), each cell annotated, colours 0..1."""
-    rows = [f"after {_label(tasks[i])}" for i in range(len(matrix))]
-    return _heatmap(matrix, tasks, rows, title, Normalize(0.0, 1.0), "viridis", "accuracy", lambda v: f"{v:.2f}")
-
-
-def perplexity_heatmap_png(matrix: Matrix, baseline: Sequence[float], tasks: Sequence[str], title: str) -> bytes:
-    """A heat map of a perplexity matrix under its baseline row (before any training), on a log colour
-    scale turned round so that lower perplexity (better) is brighter, as higher accuracy is."""
-    values = [baseline, *matrix]
+def heatmap_png(matrix: Matrix, tasks: Sequence[str], title: str, direction: str = "higher",
+                baseline: Sequence[float] | None = None, measure: str = "accuracy") -> bytes:
+    """A heat map of matrix[i][j] (row: after task i, column: task j) under its baseline row (before any
+    training) if given, each cell annotated. Better is brighter: colours 0..1 where every value lies
+    there, else from the lowest to the highest value (on a log scale for positive lower-is-better
+    values, as perplexity), turned round where lower is better."""
+    lower = direction == "lower"
+    values = [list(baseline), *matrix] if baseline is not None else list(matrix)
+    rows = ["before training"] * (baseline is not None) + [f"after {_label(tasks[i])}" for i in range(len(matrix))]
     low, high = min(map(min, values)), max(map(max, values))
-    rows = ["before training"] + [f"after {_label(tasks[i])}" for i in range(len(matrix))]
-    return _heatmap(values, tasks, rows, title, LogNorm(low, max(high, low * 1.001)), "viridis_r",
-                    "perplexity (lower is better)", lambda v: f"{v:.1f}" if v < 100 else f"{v:.0f}")
+    if 0.0 <= low and high <= 1.0:
+        norm = Normalize(0.0, 1.0)
+    elif lower and low > 0:
+        norm = LogNorm(low, max(high, low * 1.001))
+    else:
+        norm = Normalize(low, max(high, low + 1e-9))
+    return _heatmap(values, tasks, rows, title, norm, "viridis_r" if lower else "viridis",
+                    _label(measure) + (" (lower is better)" if lower else ""), _short)
+
+
+def _short(value: float) -> str:
+    """A cell's text: two decimals below 10, one below 100, none above."""
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def _heatmap(matrix: Matrix, tasks: Sequence[str], rows: Sequence[str], title: str, norm, cmap: str,
@@ -67,8 +77,9 @@ def _heatmap(matrix: Matrix, tasks: Sequence[str], rows: Sequence[str], title: s
     return _png(fig)
 
 
-def task_curves_png(matrix: Matrix, tasks: Sequence[str]) -> bytes:
-    """Each task's accuracy from the step it is learnt to the end of the stream, plus the running average."""
+def task_curves_png(matrix: Matrix, tasks: Sequence[str], measure: str = "accuracy") -> bytes:
+    """Each task's value from the step it is learnt to the end of the stream, plus the running average
+    over the tasks seen so far (y from 0 to 1 where every value lies there)."""
     n = len(matrix)
     steps = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
@@ -78,9 +89,10 @@ def task_curves_png(matrix: Matrix, tasks: Sequence[str]) -> bytes:
     ax.plot(steps, average, linestyle="--", color="black", linewidth=2, label="average so far")
     ax.set_xticks(steps)
     ax.set_xlim(0.8, n + 0.2)
-    ax.set_ylim(0.0, 1.05)
+    if all(0.0 <= v <= 1.0 for row in matrix for v in row):
+        ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("tasks trained")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(_label(measure))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if n <= 15 else 2)
     return _png(fig)

@@ -10,38 +10,18 @@ import jinja2
 import yaml
 
 from forgetlab.eval.per_class import per_class_forgetting
-from forgetlab.report.figures import (accuracy_heatmap_png, class_forgetting_png, decomposition_png, lines_png,
-                                     perplexity_heatmap_png, task_curves_png)
+from forgetlab.report.figures import class_forgetting_png, decomposition_png, heatmap_png, lines_png, task_curves_png
+from forgetlab.report.matrices import describe, matrices_of, measure, ordered, split_key
 
 MISSING = "–"
 
-METRICS = (
-    ("acc", "final average accuracy over all tasks"),
-    ("avg_incremental_acc", "accuracy on seen tasks, averaged over the stream"),
-    ("learning_acc", "accuracy on each task just after learning it"),
-    ("bwt", "backward transfer (negative: forgetting)"),
-    ("fwt", "forward transfer to unseen tasks"),
-    ("forgetting", "mean drop from each task's best accuracy"),
-    ("intransigence", "gap to the joint model when learning each task"),
-    ("probe_acc", "final average accuracy of a probe on the frozen features"),
-)
-LM_METRICS = tuple(
-    (f"{prefix}{unit}", f"{about} (lower is better)")
-    for unit, what in (("ppl", "perplexity"), ("nll", "log-perplexity (mean NLL, nats)"))
-    for prefix, about in (
-        ("", f"final average {what} over all tasks"),
-        ("avg_incremental_", f"{what} on seen tasks, averaged over the stream"),
-        ("learning_", f"{what} on each task just after learning it"),
-        ("bwt_", f"backward transfer in {what}: final − just learnt (positive: forgetting)"),
-        ("fwt_", f"forward transfer in {what}: just before learning a task − before any training"),
-        ("forgetting_", f"mean rise of {what} from each task's best earlier value"),
-    )
-)
 SUMMARY = (
     ("across_task_acc_old", "observed accuracy on old tasks at the end (all seen classes to choose from)"),
     ("within_task_acc_old", "the same, choosing only among each task's own classes"),
     ("probe_acc_old", "a probe's accuracy on old tasks at the end: what the features still separate"),
     ("newest_task_error_share", "share of old tasks' errors predicted as a class of the newest task"),
+)
+RETENTION = (
     ("perplexity_ratio", "general-corpus perplexity after the stream / before it (causal LMs)"),
     ("qa_accuracy_change", "zero-shot multiple-choice accuracy after the stream − before it"),
 )
@@ -72,33 +52,17 @@ def write_report(results: dict, path: Path) -> Path:
     """Write the HTML report of one run (a results.json dict) to path and return the path."""
     path = Path(path)
     tasks = [str(t) for t in results["tasks"]]
-    matrix = results["accuracy_matrix"]
-    probe = results.get("probe_matrix")
-    metrics = results.get("metrics") or {}
-    figures = [{"title": "Accuracy matrix R", "uri": _data_uri(accuracy_heatmap_png(matrix, tasks, "Accuracy R"))}]
-    if probe is not None:
-        figures.append(
-            {"title": "Linear-probe matrix P", "uri": _data_uri(accuracy_heatmap_png(probe, tasks, "Probe accuracy P"))}
-        )
     class_forgetting = _class_forgetting(results)
-    if class_forgetting is not None:
-        figures.append({"title": "Each class's forgetting against its number of training examples",
-                        "uri": _data_uri(class_forgetting)})
-    diagnostics = _diagnostics(results, tasks)
-    lm = _language_modeling(results, tasks)
-    shown = METRICS + (LM_METRICS if lm else ())
     page = _ENV.get_template("run.html").render(
-        diagnostics=diagnostics,
-        lm=lm,
         run_id=results.get("run_id", ""),
         status=results.get("status", ""),
         scenario=results.get("scenario", ""),
         version=results.get("forgetlab_version", ""),
         tasks=tasks,
-        metrics=[(name, _fmt(metrics.get(name)), about) for name, about in shown],
-        figures=figures,
-        curves_uri=_data_uri(task_curves_png(matrix, tasks)),
-        matrix=[[_fmt(v) for v in row] for row in matrix],
+        matrices=[_matrix_section(name, m, tasks) for name, m in matrices_of(results).items() if m["values"]],
+        class_forgetting=_data_uri(class_forgetting) if class_forgetting is not None else None,
+        retention=_retention(results),
+        diagnostics=_diagnostics(results, tasks),
         timing=[(k, _fmt(v, 2)) for k, v in (results.get("timing") or {}).items()],
         environment=[(k, _fmt(v) if v is None else str(v)) for k, v in (results.get("environment") or {}).items()],
         config_yaml=yaml.safe_dump(results.get("config") or {}, sort_keys=False, allow_unicode=True),
@@ -106,6 +70,41 @@ def write_report(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _matrix_section(name: str, matrix: dict, tasks: list[str]) -> dict:
+    """One matrix of the run: its metrics (intransigence only where measured), heat map, each task's
+    curve, and its values under its baseline row (2 decimals where a value reaches 10, else 4)."""
+    values, baseline, direction = matrix["values"], matrix["baseline"], matrix["direction"]
+    metrics = matrix["metrics"]
+    shown = [k for k in ordered(metrics) if metrics[k] is not None or split_key(k)[0] != "intransigence"]
+    rows = ([("before training", baseline)] if baseline is not None else []) + \
+        [(f"after {tasks[i]}", row) for i, row in enumerate(values)]
+    decimals = 2 if any(v is not None and abs(v) >= 10 for _, row in rows for v in row) else 4
+    title = f"{name} matrix"
+    return {
+        "title": f"{title} ({direction} is better)",
+        "measure": measure(name),
+        "baseline": baseline is not None,
+        "metrics": [(k, _fmt(metrics[k]), describe(k, name, direction)) for k in shown],
+        "figures": [{"title": title + (" under its baseline row" if baseline is not None else ""),
+                     "uri": _data_uri(heatmap_png(values, tasks, title, direction, baseline, name))},
+                    {"title": f"Each task's {name} from the step it is learnt, and the average over the tasks "
+                              "seen so far",
+                     "uri": _data_uri(task_curves_png(values, tasks, name))}],
+        "rows": [(label, [_fmt(v, decimals) for v in row]) for label, row in rows],
+    }
+
+
+def _retention(results: dict) -> dict | None:
+    """General ability (results.json's ``retention``; in older files ``diagnostics.retention``): its
+    summary and figures, or None where not measured."""
+    record = results.get("retention") or (results.get("diagnostics") or {}).get("retention")
+    if not record:
+        return None
+    summary = [(k, _fmt(record[k]), about) for k, about in RETENTION if record.get(k) is not None]
+    figures = _retention_figures(record)
+    return {"summary": summary, "figures": figures} if summary or figures else None
 
 
 def _class_forgetting(results: dict) -> bytes | None:
@@ -121,30 +120,13 @@ def _class_forgetting(results: dict) -> bytes | None:
     return class_forgetting_png(*zip(*points)) if points else None
 
 
-def _language_modeling(results: dict, tasks: list[str]) -> dict | None:
-    """The perplexity section of a language-modelling run (None for other runs): the heat map and
-    table of P under its baseline row, and each task's perplexity across the stream."""
-    P, b = results.get("perplexity_matrix"), results.get("baseline_perplexity")
-    if P is None:
-        return None
-    curves = {tasks[j]: [b[j]] + [row[j] for row in P] for j in range(len(tasks))}
-    figures = [{"title": "Perplexity matrix P (lower is better)",
-                "uri": _data_uri(perplexity_heatmap_png(P, b, tasks, "Perplexity P"))},
-               {"title": "Each task's perplexity before the stream (0) and after each task",
-                "uri": _data_uri(lines_png(curves, "tasks trained", "perplexity", "perplexity (lower is better)",
-                                           ylim=None, start=0))}]
-    figures += _retention_figures(results.get("retention"))
-    rows = [("before training", b)] + [(f"after {tasks[i]}", row) for i, row in enumerate(P)]
-    return {"figures": figures, "rows": [(label, [_fmt(v, 2) for v in row]) for label, row in rows]}
-
-
-def _retention_figures(retention: dict | None) -> list[dict]:
-    """General ability (results.json's ``retention``) before the stream and after each task: one
-    figure for the perplexity and one for the zero-shot accuracy, where measured."""
+def _retention_figures(retention: dict) -> list[dict]:
+    """General ability before the stream and after each task: one figure for the perplexity and one
+    for the zero-shot accuracy, where measured."""
     figures = []
-    for key, what in (("perplexity", f"perplexity on {(retention or {}).get('corpus')}"),
-                      ("qa_accuracy", f"zero-shot accuracy on {(retention or {}).get('qa')}")):
-        if retention and retention[key][0] is not None:
+    for key, what in (("perplexity", f"perplexity on {retention.get('corpus')}"),
+                      ("qa_accuracy", f"zero-shot accuracy on {retention.get('qa')}")):
+        if retention.get(key) and retention[key][0] is not None:
             figures.append({"title": f"General ability: {what}, before the stream (0) and after each task",
                             "uri": _data_uri(lines_png({key: retention[key]}, "tasks trained", key, "retention",
                                                        ylim=None if key == "perplexity" else (0.0, 1.05), start=0))})
@@ -160,7 +142,8 @@ def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
     d = results.get("diagnostics")
     if not d:
         return None
-    R, P = results["accuracy_matrix"], results.get("probe_matrix")
+    matrices = matrices_of(results)
+    R, P = matrices["accuracy"]["values"], (matrices.get("probe") or {}).get("values")
     series = {"observed (R)": _seen_means(R), "within-task": _seen_means(d["within_task_matrix"])}
     if P is not None:
         series["probe (P)"] = _seen_means(P)
@@ -178,7 +161,6 @@ def _diagnostics(results: dict, tasks: list[str]) -> dict | None:
         figures.append({"title": "Linear CKA of a fixed probe set's features to the initial backbone's",
                         "uri": _data_uri(lines_png({"CKA": d["cka_to_initial"]}, "tasks trained", "linear CKA",
                                                    "representation drift"))})
-    figures += _retention_figures(d.get("retention"))
     norms = d["head_row_norms"]
     figures.append({"title": "Mean norm of each task's classifier rows after each task",
                     "uri": _data_uri(lines_png({tasks[j]: [row[j] for row in norms] for j in range(len(tasks))},

@@ -3,6 +3,7 @@ sets to the grid point without seed and order), and give each figure's mean and 
 interval over the group; paired tests between groups match runs on seed and task order."""
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -13,35 +14,107 @@ from scipy import stats
 
 from ..config import REPLICATE_PATHS
 from ..errors import UserError
+from ..eval.metrics import intransigence
+from .matrices import LOG_SCALE, STEMS, SUMMARY_STEMS, column_title, matrices_of, ordered, split_key
 
-# (key path in results.json, column title, digits); "a - b" is a difference of two paths.
-# Train time is the run's wall time less evaluation: training plus the methods' own work between
-# tasks (a Fisher estimate, pseudo-example generation, filling a memory).
-COLUMNS = (
-    ("metrics.acc", "acc", 4),
-    ("metrics.bwt", "bwt", 4),
-    ("metrics.forgetting", "forgetting", 4),
-    ("metrics.avg_incremental_acc", "avg inc. acc", 4),
-    ("metrics.learning_acc", "learning acc", 4),
-    ("metrics.probe_acc", "probe acc", 4),
+# The columns after the metrics: (key path in results.json, column title, digits); "a - b" is a difference
+# of two paths. Train time is the run's wall time less evaluation: training plus the methods' own work
+# between tasks (a Fisher estimate, pseudo-example generation, filling a memory).
+RETENTION_COLUMN = ("retention.perplexity_ratio", "general ppl after/before", 3)
+RESOURCE_COLUMNS = (
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
 )
-# Language-modelling runs (lower is better but for the general-ability change's sign: see DESIGN.md).
-LM_COLUMNS = (
-    ("metrics.ppl", "ppl", 2),
-    ("metrics.bwt_nll", "bwt nll", 4),
-    ("metrics.forgetting_nll", "forgetting nll", 4),
-    ("metrics.learning_ppl", "learning ppl", 2),
-    ("retention.perplexity_ratio", "general ppl after/before", 3),
-    ("timing.total_s - timing.eval_s", "train s", 1),
-    ("resources.peak_rss_mib", "peak RSS MiB", 0),
-)
+
+
+def metric_keys(runs: list[dict]) -> list[str]:
+    """The metric keys a table comparing runs shows: for each matrix every run has (accuracy first),
+    its keys with a stem of SUMMARY_STEMS that hold a value in at least one run. A matrix with a
+    log-scale twin that the runs have (perplexity and nll) takes its differences (bwt, forgetting) from
+    the twin, which gets no columns of its own."""
+    tables = [matrices_of(r) for r in runs]
+    names = shared_matrices(runs)
+    twins = {name: log for name, log in LOG_SCALE.items() if name in names and log in names}
+    keys = []
+    for name in names:
+        if name in twins.values():
+            continue
+        own = _keys(tables, name)
+        if name in twins:
+            own = [k for k in own if not _difference(k)] + [k for k in _keys(tables, twins[name]) if _difference(k)]
+        keys += [k for k in ordered(own, SUMMARY_STEMS) if any(_metric(r, k) is not None for r in runs)]
+    return keys
+
+
+def shared_matrices(runs: list[dict]) -> list[str]:
+    """The names of the matrices every run has, accuracy first, the others in the order they come."""
+    tables = [matrices_of(r) for r in runs]
+    names = [n for n in dict.fromkeys(n for t in tables for n in t) if all(n in t for t in tables)]
+    return sorted(names, key=lambda n: n != "accuracy")
+
+
+def _keys(tables: list[dict], name: str) -> list[str]:
+    return list(dict.fromkeys(k for t in tables for k in t[name]["metrics"]))
+
+
+def _difference(key: str) -> bool:
+    return STEMS[split_key(key)[0]].difference
+
+
+def _metric(run: dict, key: str) -> Any:
+    return (run.get("metrics") or {}).get(key)
 
 
 def columns_for(runs: list[dict]) -> tuple:
-    """The table's columns: the language-modelling ones when every run is a language-modelling run."""
-    return LM_COLUMNS if runs and all(r.get("perplexity_matrix") is not None for r in runs) else COLUMNS
+    """The table's columns: the metrics of ``metric_keys`` (2 decimals where a value reaches 10, else 4),
+    the general-ability perplexity ratio where a run has one, train time and peak memory."""
+    columns = []
+    for key in metric_keys(runs):
+        large = any(abs(_metric(r, key) or 0.0) >= 10 for r in runs)
+        columns.append((f"metrics.{key}", column_title(key), 2 if large else 4))
+    if any(lookup(r, RETENTION_COLUMN[0]) is not None for r in runs):
+        columns.append(RETENTION_COLUMN)
+    return tuple(columns) + RESOURCE_COLUMNS
+
+
+def with_intransigence(runs: list[dict], pool: list[dict]) -> list[dict]:
+    """The runs, each that has a joint run in ``pool`` (completed, method.name joint, the same config but
+    for method, name and log: the same stream and replicate) with ``metrics.intransigence`` =
+    intransigence(R, diag(R_joint)): the joint model's own R[j, j] is R*[j]. Other runs as they are."""
+    joints: dict[str, dict] = {}
+    for run in pool:
+        if run.get("status", "completed") == "completed" and _method(run) == "joint":
+            joints.setdefault(_stream_key(run), run)             # several: the first one
+    out = []
+    for run in runs:
+        joint = joints.get(_stream_key(run))
+        R, R_joint = _accuracy(run), _accuracy(joint) if joint else None
+        if R is None or R_joint is None or R.shape != R_joint.shape or R.shape[0] != R.shape[1]:
+            out.append(run)
+            continue
+        value = intransigence(R, np.diag(R_joint))
+        run = {**run, "metrics": {**(run.get("metrics") or {}), "intransigence": value}}
+        if (run.get("matrices") or {}).get("accuracy"):
+            accuracy = run["matrices"]["accuracy"]
+            run["matrices"] = {**run["matrices"], "accuracy": {
+                **accuracy, "metrics": {**(accuracy.get("metrics") or {}), "intransigence": value}}}
+        out.append(run)
+    return out
+
+
+def _method(run: dict) -> Any:
+    return ((run.get("config") or {}).get("method") or {}).get("name")
+
+
+def _stream_key(run: dict) -> str:
+    """The run's config without method, name and log: what a joint reference must share with it."""
+    config = {k: v for k, v in (run.get("config") or {}).items() if k not in ("method", "name", "log")}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _accuracy(run: dict) -> np.ndarray | None:
+    values = (matrices_of(run).get("accuracy") or {}).get("values")
+    return None if not values else np.asarray(values, dtype=float)
 
 
 def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -154,9 +227,15 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | Non
     return out
 
 
-def paired_tests(rows: list[dict], path: str = "metrics.acc") -> list[dict]:
-    """Every pair of groups compared on ``path`` over the replicates (seed, order) both groups ran
-    (a group that ran a replicate several times, e.g. with other keys varied, counts its mean)."""
+def paired_tests(rows: list[dict], path: str | None = None) -> list[dict]:
+    """Every pair of groups compared on ``path`` (default: the first metric of ``metric_keys``) over the
+    replicates (seed, order) both groups ran (a group that ran a replicate several times, e.g. with
+    other keys varied, counts its mean)."""
+    if path is None:
+        keys = metric_keys(_members(rows))
+        if not keys:
+            return []
+        path = f"metrics.{keys[0]}"
     tests = []
     for i, first in enumerate(rows):
         for second in rows[i + 1:]:
@@ -177,9 +256,10 @@ def _by_replicate(members: list[dict], path: str) -> dict[tuple, float]:
     return {k: sum(v) / len(v) for k, v in values.items()}
 
 
-def mean_matrix(members: list[dict], key: str = "accuracy_matrix") -> list[list[float]] | None:
-    """The element-wise mean of the group's matrices (None if they differ in shape)."""
-    matrices = [np.asarray(m[key], dtype=float) for m in members if m.get(key)]
+def mean_matrix(members: list[dict], name: str = "accuracy") -> list[list[float]] | None:
+    """The element-wise mean of the group's matrix ``name`` (None if they differ in shape)."""
+    matrices = [np.asarray(m["values"], dtype=float) for m in (matrices_of(r).get(name) for r in members)
+                if m and m["values"]]
     if not matrices or len({x.shape for x in matrices}) != 1:
         return None
     return np.mean(matrices, axis=0).tolist()
@@ -187,8 +267,8 @@ def mean_matrix(members: list[dict], key: str = "accuracy_matrix") -> list[list[
 
 def incremental_curve(members: list[dict]) -> list[tuple[float | None, float | None]] | None:
     """After each task i: the mean (and CI) over the group of the accuracy on the tasks seen so far."""
-    matrices = [np.asarray(m["accuracy_matrix"], dtype=float) for m in members]
-    if len({x.shape for x in matrices}) != 1:
+    matrices = [_accuracy(m) for m in members]
+    if any(R is None for R in matrices) or len({x.shape for x in matrices}) != 1:
         return None
     per_run = [[float(R[i, : i + 1].mean()) for i in range(R.shape[0])] for R in matrices]
     return [mean_ci(list(step)) for step in zip(*per_run)]
@@ -200,8 +280,10 @@ def format_cell(mean: float | None, ci: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
 
 
-def records(rows: list[dict], columns: tuple = COLUMNS) -> list[dict]:
-    """The summary as plain records (for CSV/JSON export): mean and CI half-width per column."""
+def records(rows: list[dict], columns: tuple | None = None) -> list[dict]:
+    """The summary as plain records (for CSV/JSON export): mean and CI half-width per column
+    (``columns``, default ``columns_for`` the rows' runs)."""
+    columns = columns or columns_for(_members(rows))
     out = []
     for row in rows:
         record = {"group": row["group"], "n": row["n"], "seeds": row["seeds"]}
@@ -211,7 +293,8 @@ def records(rows: list[dict], columns: tuple = COLUMNS) -> list[dict]:
     return out
 
 
-def markdown_table(rows: list[dict], group_title: str = "method", columns: tuple = COLUMNS) -> str:
+def markdown_table(rows: list[dict], group_title: str = "method", columns: tuple | None = None) -> str:
+    columns = columns or columns_for(_members(rows))
     head = [group_title, "n"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -219,3 +302,7 @@ def markdown_table(rows: list[dict], group_title: str = "method", columns: tuple
         cells += [format_cell(*row[title], digits) for _, title, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _members(rows: list[dict]) -> list[dict]:
+    return [m for row in rows for m in row["members"]]
