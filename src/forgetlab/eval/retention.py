@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import RetentionConfig
 from ..errors import UserError
 from ..models.backbones import Backbone
+from ..models.causal_lm import IGNORE_INDEX, lm_labels, token_nll
 from ..models.peft import max_positions
 from ..train.batching import pad
 
@@ -67,10 +67,8 @@ def perplexity(backbone: Backbone, texts: list[str], window: int, max_tokens: in
     for start in range(0, len(windows), 8):
         batch, mask = pad(windows[start: start + 8], backbone.pad_id)
         batch, mask = batch.to(device), mask.to(device)
-        logits = backbone.lm_logits(batch, mask).float()
-        targets = batch[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-        total, count = total + nll.item(), count + int((targets != -100).sum())
+        nll, predicted = token_nll(backbone.lm_logits(batch, mask), lm_labels(batch, mask))
+        total, count = total + nll.sum().item(), count + int(predicted.sum())
     return math.exp(total / count)
 
 
@@ -89,12 +87,11 @@ def choice_logprobs(backbone: Backbone, context: str, choices: list[str], window
         seqs.append(head + cont)
         starts.append(len(head))
     batch, mask = pad(seqs, backbone.pad_id)
-    logp = backbone.lm_logits(batch.to(device), mask.to(device)).float().log_softmax(-1).cpu()
-    scores = []
-    for i, (seq, start) in enumerate(zip(seqs, starts)):
-        positions = range(start, len(seq))
-        scores.append(float(sum(logp[i, p - 1, seq[p]] for p in positions)))
-    return scores
+    labels = lm_labels(batch, mask)
+    for i, start in enumerate(starts):
+        labels[i, :start] = IGNORE_INDEX                # the context is given, not scored
+    nll, _ = token_nll(backbone.lm_logits(batch.to(device), mask.to(device)), labels.to(device))
+    return (-nll.sum(1)).tolist()
 
 
 def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torch.device) -> float:

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..models.backbones import is_causal_config, resolve_model_path
+from ..models.causal_lm import lm_labels, load_causal_lm, token_nll
 from ..runtime import pick_device
 
 K_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -54,24 +55,18 @@ class CausalLM:
 
     def __init__(self, name: str, *, max_length: int = 512, batch_size: int = 16, device: str = "auto",
                  trust_remote_code: bool = False):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoConfig
 
-        hf_logging.disable_progress_bar()
-        path = resolve_model_path(name)
-        kw = {"trust_remote_code": trust_remote_code}
+        from ..models import lstm_lm  # noqa: F401  (registers forgetlab's LSTM LM with the Auto classes)
+
         try:
-            config = AutoConfig.from_pretrained(path, **kw)
+            config = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise UserError(f"--model {name}: cannot load ({_first_line(exc)})") from None
+            raise UserError(f"--model: cannot load '{name}': {_first_line(exc)}") from None
         if not is_causal_config(config):
             archs = ", ".join(getattr(config, "architectures", None) or [config.model_type])
             raise UserError(f"--model {name}: not a causal LM ({archs}); dataset inference needs next-token probabilities")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-            self.model = AutoModelForCausalLM.from_pretrained(path, config=config, **kw)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--model {name}: cannot load ({_first_line(exc)})") from None
+        self.model, self.tokenizer = load_causal_lm(name, trust_remote_code=trust_remote_code, key="--model")
         self.name = name
         self.device = pick_device(device)
         self.model.to(self.device).eval()
@@ -106,8 +101,8 @@ class CausalLM:
                 batch[row, : len(ids[i])] = torch.tensor(ids[i])
                 mask[row, : len(ids[i])] = 1
             batch, mask = batch.to(self.device), mask.to(self.device)
-            logp = self.model(input_ids=batch, attention_mask=mask).logits.float().log_softmax(-1)
-            picked = logp[:, :-1].gather(-1, batch[:, 1:, None]).squeeze(-1).cpu().numpy()
+            nll, _ = token_nll(self.model(input_ids=batch, attention_mask=mask).logits, lm_labels(batch, mask))
+            picked = (-nll).cpu().numpy()
             for row, i in enumerate(chunk):
                 out[i] = picked[row, : len(ids[i]) - 1].astype(np.float64)
         return out

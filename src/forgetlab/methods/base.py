@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ..config import HeadConfig, Section, TrainConfig
 from ..data.stream import Stream, Task
 from ..models.learner import Learner, Output
-from ..train.batching import IGNORE_INDEX, Inputs, make_batch
+from ..models.causal_lm import IGNORE_INDEX
+from ..train.batching import Inputs, make_batch
 from .components.memory import Memory, ReplayConfig
 
 REGISTRY: dict[str, type["Method"]] = {}

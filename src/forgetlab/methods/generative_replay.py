@@ -6,16 +6,15 @@ prompt: ``prompt(task) text <eos>``, weighted by ``lm_weight`` (LAMOL: 0.25). Be
 samples ``ratio`` (LAMOL: 0.2) times the new task's size of pseudo-examples of the old tasks
 (top-k sampling, split evenly among them), labels each with the current classifier restricted to
 its task's classes (as deep generative replay labels with the old solver, Shin et al., 2017),
-and trains on them with the new data. The output embedding is the model's, or its input
-embedding where the model has no LM head (tied weights, as in GPT-2).
+and trains on them with the new data. The LM head is the model's output layer.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..errors import UserError
+from ..models.causal_lm import IGNORE_INDEX, lm_labels, token_nll
 from ..models.peft import max_positions
 from ..train.batching import Inputs, pad
 from .base import Method, MethodConfig
@@ -59,11 +58,11 @@ class GenerativeReplay(Method):
             starts.append(len(self.prompts[t]))
         ids, mask = pad(seqs, self.ctx.pad_id)
         ids, mask = ids.to(self.ctx.device), mask.to(self.ctx.device)
-        targets = ids.masked_fill(mask == 0, -100)
+        labels = lm_labels(ids, mask)
         for i, s in enumerate(starts):
-            targets[i, :s] = -100
-        logits = self.lm_logits(ids, mask)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
+            labels[i, :s] = IGNORE_INDEX
+        nll, predicted = token_nll(self.lm_logits(ids, mask), labels)
+        return nll.sum() / predicted.sum()
 
     def loss(self, batch, out):
         return super().loss(batch, out) + self.cfg.lm_weight * self.lm_loss(batch)

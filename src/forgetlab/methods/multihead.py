@@ -45,7 +45,8 @@ class MultiHead(Method):
     def state(self):
         out = super().state()
         for t, branch in enumerate(self.branches or []):
-            out.update({f"branch.{t}.{n}": p.detach() for n, p in branch.state_dict().items()})
+            # cloned: a tied LM head shares the embedding's tensor, which safetensors will not save twice
+            out.update({f"branch.{t}.{n}": p.detach().clone() for n, p in branch.state_dict().items()})
         return out
 
     def load_state(self, state):

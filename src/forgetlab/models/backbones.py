@@ -31,16 +31,23 @@ OFFLINE_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
 class Backbone(nn.Module):
-    """Wraps a model and its tokenizer; ``forward(ids, mask)`` returns pooled features [B, dim]."""
+    """Wraps a model and its tokenizer; ``forward(ids, mask)`` returns pooled features [B, dim].
+
+    ``model`` is the transformer body (what methods wrap and adapt); a causal LM also has its output
+    layer ``lm_head`` (hidden states -> vocabulary logits), which shares its weight with the body's
+    input embedding where the model ties them (GPT-2). ``n_parameters`` counts the body and an untied
+    head (a tied head's weight is the embedding's, counted once)."""
 
     def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str,
-                 causal: bool = False, pretraining: dict | None = None):
+                 lm_head: nn.Module | None = None, pretraining: dict | None = None):
         super().__init__()
-        self.model, self.tokenizer, self.causal = model, tokenizer, causal
+        self.model, self.tokenizer = model, tokenizer
+        self.lm_head = lm_head
+        self.causal = lm_head is not None
         self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
         self.pad_id = _pad_id(tokenizer)
         self.pretraining = pretraining      # a forgetlab checkpoint's record: step, tokens, validation perplexity
-        self.n_parameters = sum(p.numel() for p in model.parameters())   # as loaded, before any method adds some
+        self.n_parameters = sum(p.numel() for p in self.parameters())    # as loaded, before any method adds some
 
     def describe(self, init: str) -> dict:
         """results.json's ``backbone``: where it came from, how it was initialised, its size and pretraining."""
@@ -57,13 +64,12 @@ class Backbone(nn.Module):
         return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
     def lm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits of a causal LM: its output embedding, or its input embedding where the
-        loaded model has none (tied weights, as in GPT-2). Virtual tokens prompt tuning prepends get none."""
+        """Next-token logits [B, L, V] of a causal LM from its output layer; virtual tokens prompt
+        tuning prepends get none."""
+        if self.lm_head is None:
+            raise UserError(f"backbone: {self.source} is an encoder; next-token logits need a causal LM")
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
-        out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        weight = out.weight if out is not None else self.model.get_input_embeddings().weight
-        return hidden @ weight.T
+        return self.lm_head(hidden[:, hidden.size(1) - input_ids.size(1):])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -146,7 +152,7 @@ def _from_config(cfg: BackboneConfig) -> Backbone:
     if cfg.arch == "gpt2":
         model = GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_length, n_embd=dim,
                                      n_layer=layers, n_head=heads, bos_token_id=1, eos_token_id=2))
-        return Backbone(model, tok, cfg.pooling or "last", cfg.max_length, dim, source, causal=True)
+        return Backbone(model, tok, cfg.pooling or "last", cfg.max_length, dim, source, lm_head=tied_lm_head(model))
     model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=dim, num_hidden_layers=layers,
                                  num_attention_heads=heads, intermediate_size=4 * dim,
                                  max_position_embeddings=cfg.max_length, pad_token_id=0), add_pooling_layer=False)
@@ -169,6 +175,7 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     from transformers.utils import logging as hf_logging
 
     from . import lstm_lm  # noqa: F401  (registers forgetlab's LSTM LM with the Auto classes)
+    from .causal_lm import load_causal_lm
 
     hf_logging.disable_progress_bar()
 
@@ -176,22 +183,37 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
         hf_cfg = AutoConfig.from_pretrained(path, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        if cfg.init == "random":        # the architecture only, initialised from torch's (seeded) generator
-            model = AutoModel.from_config(hf_cfg, trust_remote_code=cfg.trust_remote_code)
-        else:
-            model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
+        causal = cfg.kind == "causal_lm" or (cfg.kind == "auto" and is_causal_config(hf_cfg))
+        if not causal:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+            if cfg.init == "random":        # the architecture only, initialised from torch's (seeded) generator
+                model = AutoModel.from_config(hf_cfg, trust_remote_code=cfg.trust_remote_code)
+            else:
+                model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"backbone.name: cannot load '{cfg.name}': {first}") from None
-    causal = cfg.kind == "causal_lm" or (cfg.kind == "auto" and is_causal_config(hf_cfg))
-    if tokenizer.pad_token_id is None:
+    lm_head = None
+    if causal:
+        lm, tokenizer = load_causal_lm(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                       random_init=cfg.init == "random")
+        model, lm_head = lm.base_model, lm.get_output_embeddings()
+    elif tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling = cfg.pooling or ("last" if causal else "mean")
     record = Path(path) / PRETRAINING_RECORD
     pretraining = json.loads(record.read_text()) if record.is_file() else None
-    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, causal=causal,
+    return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, lm_head=lm_head,
                     pretraining=pretraining)
+
+
+def tied_lm_head(model: nn.Module) -> nn.Linear:
+    """An output layer whose weight is the model's input embedding (as GPT-2 ties them). Made on the
+    meta device, so it draws nothing from the random generator before it takes the embedding."""
+    embedding = model.get_input_embeddings()
+    head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False, device="meta")
+    head.weight = embedding.weight
+    return head
 
 
 def is_causal_config(hf_cfg) -> bool:

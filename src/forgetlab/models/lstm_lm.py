@@ -13,6 +13,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
+from .causal_lm import token_nll
+
 MODEL_TYPE = "forgetlab_lstm"
 
 
@@ -82,8 +84,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                               ignore_index=-100)
+            nll, mask = token_nll(logits, labels)
+            loss = nll.sum() / mask.sum()
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.causal_lm import IGNORE_INDEX
+
 
 @dataclass
 class Inputs:
@@ -39,9 +41,6 @@ class Inputs:
         return Inputs(*ids, tokens=None if first.tokens is None else [t for p in parts for t in p.tokens],
                       features=None if first.features is None else torch.cat([p.features for p in parts]),
                       targets=None if first.targets is None else [t for p in parts for t in p.targets])
-
-
-IGNORE_INDEX = -100                       # a target that takes no loss (the transformers/TRL convention)
 
 
 def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from rich.console import Console
 
@@ -22,6 +21,7 @@ from ..data.corpus import corpus_splits
 from ..errors import UserError
 from ..models.bpe import EOS, train_bpe
 from ..models.backbones import PRETRAINING_RECORD
+from ..models.causal_lm import token_nll
 from ..models.lm_families import build_lm, non_embedding_params
 from ..runtime import environment, pick_device, seed_everything, write_json
 
@@ -135,8 +135,8 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cf
 
 def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a batch of full windows [B, L+1]."""
-    logits = model(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+    nll, _ = token_nll(model(input_ids=batch[:, :-1]).logits, batch)
+    return nll.mean()
 
 
 @torch.inference_mode()
@@ -151,9 +151,9 @@ def validation_perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int
     total, count = 0.0, 0
     for group in groups:
         batch = torch.stack(group).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits.float()
-        total += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
-        count += batch[:, 1:].numel()
+        nll, _ = token_nll(model(input_ids=batch[:, :-1]).logits, batch)
+        total += nll.sum().item()
+        count += nll.numel()
     return math.exp(total / count)
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ...models.learner import Learner
-from ...train.batching import IGNORE_INDEX, Inputs, length_sorted_batches
+from ...models.causal_lm import IGNORE_INDEX
+from ...train.batching import Inputs, length_sorted_batches
 from .per_example import Unsupported, batched_statistic
 
 BATCH_SIZE = 32
