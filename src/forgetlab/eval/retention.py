@@ -2,6 +2,7 @@
 multiple-choice accuracy by log-likelihood scoring, measured before the stream and after each task."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RetentionConfig
+from ..data.text_files import read_text
 from ..errors import UserError
 from ..models.backbones import Backbone
 from ..models.peft import max_positions
@@ -22,7 +24,7 @@ def corpus_texts(name: str, max_chars: int) -> list[str]:
     path = _builtin("wikitext2/valid.txt") if name == "wikitext2" else Path(name)
     if not path.is_file():
         raise UserError(f"eval.retention.corpus: {path} not found (wikitext2 needs FORGETLAB_DATA_DIR, or give a text file)")
-    text = path.read_text(encoding="utf-8", errors="replace")[:max_chars]
+    text = read_text(path)[:max_chars]
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -33,17 +35,16 @@ def qa_items(name: str, split: str, limit: int) -> list[dict]:
     if not path.is_file():
         raise UserError(f"eval.retention.qa: {path} not found (mmlu needs FORGETLAB_DATA_DIR, or give a JSONL file)")
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if len(items) == limit:
-                break
-            try:
-                item = json.loads(line)
-                answer = item["answer"]
-                index = "ABCDEFGHIJ".index(answer) if isinstance(answer, str) else int(answer)
-                items.append({"question": item["question"], "choices": list(item["choices"]), "answer": index})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{n}: not a multiple-choice item ({type(exc).__name__}: {exc})") from None
+    for n, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        if len(items) == limit:
+            break
+        try:
+            item = json.loads(line)
+            answer = item["answer"]
+            index = "ABCDEFGHIJ".index(answer) if isinstance(answer, str) else int(answer)
+            items.append({"question": item["question"], "choices": list(item["choices"]), "answer": index})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{n}: not a multiple-choice item ({type(exc).__name__}: {exc})") from None
     return items
 
 
