@@ -1,7 +1,6 @@
 """Unlabelled text: corpora to pretrain on, and collections of texts to test for membership."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from ..config import CorpusConfig
 from ..errors import UserError
-from .text_files import read_text
+from .text_files import read_lines, read_text
 
 BUILTIN_CORPORA = ("gutenberg_nltk", "tinyshakespeare", "wikitext2")
 BOOK_HEADER = re.compile(r"^\[(?P<title>.+?) by .+ \d{4}\]\s*$")      # "[Emma by Jane Austen 1816]"
@@ -25,7 +24,7 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     if path.suffix != ".jsonl":
         return [line for line in read_text(path).splitlines() if line.strip()]
     texts = []
-    for n, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+    for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -118,8 +118,9 @@ def _load(name: str, spec: HubSpec):
     mirror = os.environ.get(MIRROR_ENV)
     offline = [var for var in OFFLINE_ENV if os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE")]
     if offline and not mirror:           # fail at once, never wait on the network's retries
-        raise UserError(f"{name}: no copy in FORGETLAB_DATA_DIR ({os.environ.get('FORGETLAB_DATA_DIR') or 'not set'}) "
-                        f"and the Hugging Face hub is off ({offline[0]}={os.environ[offline[0]]}); set FORGETLAB_DATA_DIR or {MIRROR_ENV}")
+        data_dir = os.environ.get("FORGETLAB_DATA_DIR") or "not set"
+        raise UserError(f"{name}: no copy in FORGETLAB_DATA_DIR ({data_dir}) and the Hugging Face hub is off "
+                        f"({offline[0]}={os.environ[offline[0]]}); set FORGETLAB_DATA_DIR or {MIRROR_ENV}")
     try:
         import datasets
     except ImportError as e:

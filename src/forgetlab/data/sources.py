@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .text_files import read_text
+from .text_files import read_lines, read_text
 
 BUILTIN = ("clinc150", "banking77", "fewrel", "agnews", "yelp", "amazon", "dbpedia", "yahoo", "20newsgroups")
 # Subfolders of FORGETLAB_DATA_DIR tried for a built-in name, in order.
@@ -82,7 +82,7 @@ def read_split(folder: Path, split: str) -> list[Example]:
 
 def read_jsonl(path: Path) -> list[Example]:
     out = []
-    for n, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+    for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         try:

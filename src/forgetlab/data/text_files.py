@@ -1,6 +1,7 @@
 """Reading the user's data files as text: UTF-8 only, and a file that is not is a one-line error."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from ..errors import UserError
@@ -16,3 +17,8 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise UserError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}: 0x{data[exc.start]:02x})") from None
+
+
+def read_lines(path: str | Path) -> io.StringIO:
+    """The lines of a UTF-8 file (``read_text``), each ending as ``open`` ends it: ``\\n`` for any newline."""
+    return io.StringIO(read_text(path), newline=None)

@@ -2,7 +2,6 @@
 multiple-choice accuracy by log-likelihood scoring, measured before the stream and after each task."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RetentionConfig
-from ..data.text_files import read_text
+from ..data.text_files import read_lines, read_text
 from ..errors import UserError
 from ..models.backbones import Backbone
 from ..models.peft import max_positions
@@ -35,7 +34,7 @@ def qa_items(name: str, split: str, limit: int) -> list[dict]:
     if not path.is_file():
         raise UserError(f"eval.retention.qa: {path} not found (mmlu needs FORGETLAB_DATA_DIR, or give a JSONL file)")
     items = []
-    for n, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+    for n, line in enumerate(read_lines(path), 1):
         if len(items) == limit:
             break
         try:
