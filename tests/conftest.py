@@ -4,8 +4,43 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FORGETLAB_DATA_DIR") or ROOT.parent / "shared" / "data")
+FIXTURE_DATA = ROOT / "tests" / "fixtures" / "data"        # tiny synthetic data sets: tests/fixtures/make_fixtures.py
+REAL_DATA = Path(os.environ.get("FORGETLAB_DATA_DIR") or ROOT.parent / "shared" / "data")
+HAS_REAL_DATA = REAL_DATA.is_dir() and any(REAL_DATA.iterdir()) and REAL_DATA.resolve() != FIXTURE_DATA.resolve()
+# The data the tests read: the real data sets where there is a copy, else the fixtures in their layout.
+SHARED_DATA = REAL_DATA if HAS_REAL_DATA else FIXTURE_DATA
 os.environ["FORGETLAB_DATA_DIR"] = str(SHARED_DATA)
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):     # no test reaches the network
+    os.environ[_var] = "1"
+
+NO_DATA = "needs real data"      # the start of every skip reason for want of data, counted at the end
+_skipped_for_data: list[str] = []
+
+
+def needs_data(name: str):
+    """Skip a test whose figures are those of the real data set ``name`` (a folder of FORGETLAB_DATA_DIR)
+    when there is no copy of it."""
+    have = HAS_REAL_DATA and (REAL_DATA / name).is_dir()
+    return pytest.mark.skipif(not have, reason=f"{NO_DATA}: FORGETLAB_DATA_DIR has no {name}")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and NO_DATA in str(report.longrepr):
+        _skipped_for_data.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """FORGETLAB_REQUIRE_DATA=1 (CI, which has the data): a test skipped for want of data fails the run."""
+    if _skipped_for_data and os.environ.get("FORGETLAB_REQUIRE_DATA") == "1" and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    n = len(_skipped_for_data)
+    line = f"{n} test{'' if n == 1 else 's'} skipped for want of real data (FORGETLAB_DATA_DIR={REAL_DATA})"
+    if n and os.environ.get("FORGETLAB_REQUIRE_DATA") == "1":
+        line += ": FORGETLAB_REQUIRE_DATA=1, so the run fails"
+    terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_data
 
 from forgetlab.config import BackboneConfig, HeadConfig
 from forgetlab.kinds.classification import ClassificationData
@@ -57,6 +58,7 @@ def _learner(scenario="class_incremental", preallocate=False):
     return Learner(bb, HeadConfig(preallocate=preallocate), stream), stream
 
 
+@needs_data("clinc150")
 def test_class_incremental_mask_grows_with_the_tasks():
     learner, stream = _learner()
     assert learner.active_classes().sum() == 0
@@ -66,11 +68,13 @@ def test_class_incremental_mask_grows_with_the_tasks():
     assert learner.active_classes().sum() == 100
 
 
+@needs_data("clinc150")
 def test_preallocated_head_predicts_all_classes_from_the_start():
     learner, _ = _learner(preallocate=True)
     assert learner.active_classes().sum() == 150
 
 
+@needs_data("clinc150")
 def test_task_incremental_mask_is_the_tasks_own_classes():
     learner, _ = _learner("task_incremental")
     mask = learner.class_mask(torch.tensor([2, 0]))
@@ -80,6 +84,7 @@ def test_task_incremental_mask_is_the_tasks_own_classes():
     assert logits.argmax(-1)[0] >= 100 and logits.argmax(-1)[1] < 50
 
 
+@needs_data("clinc150")
 def test_freeze_lowest_layers():
     learner, _ = _learner()
     learner.freeze_backbone(layers=1)

@@ -1,5 +1,6 @@
 """Stream splits: disjoint classes, seeded orders, caps, scenarios, sequences."""
 import pytest
+from conftest import needs_data
 
 from forgetlab.kinds.classification import ClassificationData
 from forgetlab.data.stream import build_stream
@@ -10,6 +11,7 @@ def clinc(**kw) -> ClassificationData:
     return ClassificationData(name="clinc150", **kw)
 
 
+@needs_data("clinc150")
 def test_clinc150_is_15_tasks_of_10_disjoint_classes():
     s = build_stream(clinc(classes_per_task=10))
     assert len(s.tasks) == 15 and s.num_classes == 150
@@ -55,6 +57,7 @@ def test_cap_sample_depends_on_seed_only():
     assert a == b and a != c
 
 
+@needs_data("clinc150")
 def test_inexact_division_is_an_error_unless_allowed():
     with pytest.raises(UserError, match="data.classes_per_task"):
         build_stream(clinc(classes_per_task=7))
@@ -62,6 +65,7 @@ def test_inexact_division_is_an_error_unless_allowed():
     assert [len(t.classes) for t in s.tasks] == [7] * 21 + [3]
 
 
+@needs_data("clinc150")
 def test_domain_incremental_by_field_shares_one_label_space():
     s = build_stream(clinc(scenario="domain_incremental", task_field="domain", order_seed=None))
     assert len(s.tasks) == 10                       # CLINC150's 10 domains

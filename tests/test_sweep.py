@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import needs_data, tiny_config
 
 from forgetlab.cli import main
 from forgetlab.errors import UserError
@@ -91,6 +91,7 @@ def test_zip_pairs_its_lists_and_labels_leave_out_seeds_and_orders(tmp_path):
         load_sweep(write_sweep(tmp_path, {"seed": [1, 1]}))
 
 
+@needs_data("clinc150")
 def test_a_failing_run_is_recorded_and_does_not_stop_the_others(tmp_path):
     path = write_sweep(tmp_path, {"data.classes_per_task": [5, 7]})        # 150 classes: 7 fails when run
     assert run_sweep(load_sweep(path), workers=2) == {"done": 1, "skipped": 0, "failed": 1}

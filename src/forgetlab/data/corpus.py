@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import CorpusConfig
 from ..errors import UserError
+from .text_files import read_lines, read_text
 
 BUILTIN_CORPORA = ("gutenberg_nltk", "tinyshakespeare", "wikitext2")
 BOOK_HEADER = re.compile(r"^\[(?P<title>.+?) by .+ \d{4}\]\s*$")      # "[Emma by Jane Austen 1816]"
@@ -21,21 +22,20 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix != ".jsonl":
-        return [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        return [line for line in read_text(path).splitlines() if line.strip()]
     texts = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_field]
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            except (KeyError, TypeError):
-                raise UserError(f"{path}:{n}: expected a JSON object with a '{text_field}' field") from None
-            if not isinstance(text, str) or not text.strip():
-                raise UserError(f"{path}:{n}: empty text")
-            texts.append(text)
+    for n, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)[text_field]
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        except (KeyError, TypeError):
+            raise UserError(f"{path}:{n}: expected a JSON object with a '{text_field}' field") from None
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path}:{n}: empty text")
+        texts.append(text)
     return texts
 
 
@@ -122,7 +122,7 @@ def builtin_corpus(name: str, key: str = "corpus.name") -> Path:
 def _read(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return path.read_text(encoding="utf-8", errors="replace")
+    return read_text(path)
 
 
 def _truncate(docs: list[str], limit: int) -> list[str]:

@@ -3,6 +3,7 @@
 Needs the optional `datasets` library (`pip install 'forgetlab[hub]'`). Set FORGETLAB_HUB_MIRROR to a folder
 holding copies of the hub repositories (`$FORGETLAB_HUB_MIRROR/<repo id>/...`, the hub's own layout, README.md
 included where the repository has named configs, e.g. clinc150's "plus") to work without network access.
+With HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set and no mirror, a fetch fails at once with a UserError.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from forgetlab.errors import UserError
 
 MIRROR_ENV = "FORGETLAB_HUB_MIRROR"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")   # either one set: no hub, only the mirror
 POOL_TEST_FRACTION = 0.2
 POOL_SEED = 0
 # Label names as in the local copies under ../shared/data, so a fetched copy and a local one agree.
@@ -113,11 +115,16 @@ def split_per_label(rows: list[dict], test_fraction: float, seed: int) -> tuple[
 
 def _load(name: str, spec: HubSpec):
     """The hub data set as a DatasetDict, from the hub or from the mirror folder."""
+    mirror = os.environ.get(MIRROR_ENV)
+    offline = [var for var in OFFLINE_ENV if os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if offline and not mirror:           # fail at once, never wait on the network's retries
+        data_dir = os.environ.get("FORGETLAB_DATA_DIR") or "not set"
+        raise UserError(f"{name}: no copy in FORGETLAB_DATA_DIR ({data_dir}) and the Hugging Face hub is off "
+                        f"({offline[0]}={os.environ[offline[0]]}); set FORGETLAB_DATA_DIR or {MIRROR_ENV}")
     try:
         import datasets
     except ImportError as e:
         raise UserError(f"{name}: fetching from the Hugging Face hub needs `datasets`: pip install 'forgetlab[hub]'") from e
-    mirror = os.environ.get(MIRROR_ENV)
     path = str(Path(mirror) / spec.repo) if mirror else spec.repo
     if mirror and not Path(path).is_dir():
         raise UserError(f"{name}: {MIRROR_ENV} is set but the mirror has no folder {path}")

@@ -17,6 +17,7 @@ from ..errors import UserError
 from .corpus import BUILTIN_CORPORA, builtin_corpus, corpus_splits, folder_files, split_books
 from .sources import BUILTIN, load_dataset
 from .stream import Stream, Task, ordered
+from .text_files import read_text
 
 # A task before it is numbered: (name, training texts, held-out texts).
 Group = tuple[str, list[str], list[str]]
@@ -67,7 +68,7 @@ def _book_groups(cfg: DataConfig) -> list[Group]:
         source = folder_files(source)[0]
     if not source.is_file():
         raise UserError(f"{key}: {source} not found (a text file, or a corpus folder)")
-    books = split_books(source.read_text(encoding="utf-8", errors="replace"))
+    books = split_books(read_text(source))
     if not books:
         raise UserError(f"{key}: {source} has no book header lines like '[Emma by Jane Austen 1816]' "
                         "(for one task per corpus, list corpora in data.sequence)")

@@ -6,6 +6,7 @@ converted copy in the forgetlab cache, else it is fetched from the Hugging Face 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .text_files import read_lines, read_text
 
 BUILTIN = ("clinc150", "banking77", "fewrel", "agnews", "yelp", "amazon", "dbpedia", "yahoo", "20newsgroups")
 # Subfolders of FORGETLAB_DATA_DIR tried for a built-in name, in order.
@@ -80,27 +82,25 @@ def read_split(folder: Path, split: str) -> list[Example]:
 
 def read_jsonl(path: Path) -> list[Example]:
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object with 'text' and 'label'")
-            out.append(_example(row, path, n))
+    for n, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object with 'text' and 'label'")
+        out.append(_example(row, path, n))
     return out
 
 
 def read_csv(path: Path) -> list[Example]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"text", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}:1: CSV header lacks column(s) {', '.join(sorted(missing))}")
-        return [_example(row, path, n) for n, row in enumerate(reader, 2)]
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    missing = {"text", "label"} - set(reader.fieldnames or [])
+    if missing:
+        raise UserError(f"{path}:1: CSV header lacks column(s) {', '.join(sorted(missing))}")
+    return [_example(row, path, n) for n, row in enumerate(reader, 2)]
 
 
 def _example(row: dict, path: Path, n: int) -> Example:

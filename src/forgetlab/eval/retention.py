@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import RetentionConfig
+from ..data.text_files import read_lines, read_text
 from ..errors import UserError
 from ..models.backbones import Backbone
 from ..models.causal_lm import IGNORE_INDEX, lm_labels, token_nll
@@ -22,7 +23,7 @@ def corpus_texts(name: str, max_chars: int) -> list[str]:
     path = _builtin("wikitext2/valid.txt") if name == "wikitext2" else Path(name)
     if not path.is_file():
         raise UserError(f"eval.retention.corpus: {path} not found (wikitext2 needs FORGETLAB_DATA_DIR, or give a text file)")
-    text = path.read_text(encoding="utf-8", errors="replace")[:max_chars]
+    text = read_text(path)[:max_chars]
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -33,17 +34,16 @@ def qa_items(name: str, split: str, limit: int) -> list[dict]:
     if not path.is_file():
         raise UserError(f"eval.retention.qa: {path} not found (mmlu needs FORGETLAB_DATA_DIR, or give a JSONL file)")
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if len(items) == limit:
-                break
-            try:
-                item = json.loads(line)
-                answer = item["answer"]
-                index = "ABCDEFGHIJ".index(answer) if isinstance(answer, str) else int(answer)
-                items.append({"question": item["question"], "choices": list(item["choices"]), "answer": index})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{n}: not a multiple-choice item ({type(exc).__name__}: {exc})") from None
+    for n, line in enumerate(read_lines(path), 1):
+        if len(items) == limit:
+            break
+        try:
+            item = json.loads(line)
+            answer = item["answer"]
+            index = "ABCDEFGHIJ".index(answer) if isinstance(answer, str) else int(answer)
+            items.append({"question": item["question"], "choices": list(item["choices"]), "answer": index})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{n}: not a multiple-choice item ({type(exc).__name__}: {exc})") from None
     return items
 
 
