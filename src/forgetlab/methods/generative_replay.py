@@ -41,6 +41,7 @@ class GenerativeReplay(Method):
         self.special_prefix = backbone.tokenize([""])[0]        # what the tokenizer puts before any text
         self.prompts = [backbone.tokenize([f"__{t.name}__"])[0] for t in ctx.stream.tasks]
         self.eos = backbone.tokenizer.eos_token_id
+        self.unsampled = sorted({*self.special_prefix, ctx.pad_id} - {self.eos})     # never written in a text
         self.positions = max_positions(backbone.model) or 1_000_000      # the model's longest sequence
         self.pseudo: Inputs | None = None
 
@@ -76,6 +77,7 @@ class GenerativeReplay(Method):
         done = torch.zeros(n, dtype=torch.bool, device=self.ctx.device)
         for _ in range(budget):
             logits = self.lm_logits(ids, torch.ones_like(ids))[:, -1] / self.cfg.temperature
+            logits[:, self.unsampled] = float("-inf")
             top = logits.topk(min(self.cfg.top_k, logits.size(-1)))
             pick = top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1))
             pick[done] = self.eos
