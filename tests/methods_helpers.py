@@ -8,7 +8,7 @@ from forgetlab.config import HeadConfig, TrainConfig
 from forgetlab.data.stream import Stream, Task
 from forgetlab.methods import Context, method_class
 from forgetlab.models.backbones import Backbone
-from forgetlab.models.learner import Learner
+from forgetlab.models.learner import Classifier
 from forgetlab.models.tokenizer import ByteTokenizer
 from forgetlab.train.batching import Inputs
 
@@ -22,7 +22,7 @@ def feature_setup(tasks: list[tuple[list[int], torch.Tensor, list[int]]], scenar
     n_classes = max(c for classes, _, _ in tasks for c in classes) + 1
     stream = Stream(scenario, made, [f"c{c}" for c in range(n_classes)])
     backbone = Backbone(nn.Identity(), ByteTokenizer(), "mean", 8, dim, "identity")
-    learner = Learner(backbone, HeadConfig(bias=bias), stream)
+    learner = Classifier(backbone, HeadConfig(bias=bias), stream)
 
     def inputs(task, split):
         _, feats, y = tasks[task.index]

@@ -183,10 +183,10 @@ def test_methods_that_apply_to_lm_streams_run(tmp_path, method):
 # -- config errors: one line, exit 2 -----------------------------------------------------------
 @pytest.mark.parametrize("edit, expect", [
     ({"data": {"sequence": ["tinyshakespeare", "shakespear"]}}, "data.sequence: unknown corpus 'shakespear'"),
-    ({"method": {"name": "lwf"}}, "method.name: lwf needs a classification stream"),
+    ({"method": {"name": "lwf"}}, "method.name: lwf does not support language_modeling streams"),
     ({"method": {"name": "ewc", "fisher": "empirical"}}, "method.fisher: the empirical Fisher needs class labels"),
     ({"method": {"name": "freeze"}}, "method.layers: a whole frozen backbone"),
-    ({"data": {"classes_per_task": 2}}, "data.classes_per_task: only for a classification stream"),
+    ({"data": {"classes_per_task": 2}}, "data.classes_per_task: only for data.scenario: class_incremental"),
     ({"eval": {"probe": True}}, "eval.probe: not available on a language_modeling stream"),
     ({"backbone": {"arch": "bert"}}, "backbone: a language_modeling stream needs a causal LM"),
 ])

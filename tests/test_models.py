@@ -11,7 +11,7 @@ from forgetlab.kinds.classification import ClassificationData
 from forgetlab.data.stream import build_stream
 from forgetlab.models.backbones import build_backbone, pool, resolve_model_path
 from forgetlab.models.heads import Head
-from forgetlab.models.learner import Learner
+from forgetlab.models.learner import Classifier
 from forgetlab.train.batching import pad
 
 
@@ -55,7 +55,7 @@ def _learner(scenario="class_incremental", preallocate=False):
     stream = build_stream(ClassificationData(name="clinc150", classes_per_task=50, scenario=scenario,
                                      max_train_per_class=1, max_test_per_class=1))
     bb = build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=16))
-    return Learner(bb, HeadConfig(preallocate=preallocate), stream), stream
+    return Classifier(bb, HeadConfig(preallocate=preallocate), stream), stream
 
 
 @needs_data("clinc150")

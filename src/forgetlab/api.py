@@ -14,7 +14,8 @@ from .errors import UserError
 
 @dataclass
 class Results:
-    """A finished run: the accuracy matrix as numpy, the metrics, and the full results.json dict."""
+    """A finished run: its primary matrix (accuracy, for the built-in kinds) as numpy, the metrics, and
+    the full results.json dict; ``matrix(name)`` gives any other of its matrices."""
 
     accuracy_matrix: np.ndarray
     metrics: dict[str, float | None]
@@ -27,9 +28,14 @@ class Results:
         p = self.raw.get("probe_matrix")
         return None if p is None else np.asarray(p)
 
+    def matrix(self, name: str) -> np.ndarray:
+        """The run's matrix ``name`` (results.json ``matrices``), M[i, j] as numpy."""
+        return np.asarray(self.raw["matrices"][name]["values"], dtype=float)
+
     @classmethod
     def from_dict(cls, raw: dict, run_dir: Path | None = None) -> "Results":
-        return cls(np.asarray(raw["accuracy_matrix"], dtype=float), raw["metrics"], raw["tasks"], run_dir, raw)
+        primary = raw["accuracy_matrix"] if "accuracy_matrix" in raw else next(iter(raw["matrices"].values()))["values"]
+        return cls(np.asarray(primary, dtype=float), raw["metrics"], raw["tasks"], run_dir, raw)
 
 
 def run(config: str | Path | dict | Config, *, overrides: dict[str, Any] | None = None, out: str | Path | None = None,

@@ -113,8 +113,8 @@ class Classification(Kind):
         if self.method.per_task_encoder:
             out = []
             for t, group in zip(tasks, texts):
-                self.method.eval_task(t)
-                out.append(encode(backbone, group, size, self.device))
+                self.method.eval_task(t)               # it swaps the learner's backbone
+                out.append(encode(self.learner.backbone, group, size, self.device))
             return out
         if not tasks:
             return []
