@@ -181,10 +181,34 @@ def test_methods_that_apply_to_lm_streams_run(tmp_path, method):
 
 
 # -- config errors: one line, exit 2 -----------------------------------------------------------
+def test_empirical_fisher_of_a_language_model_scores_each_windows_own_next_tokens():
+    """F = mean over windows of (d/dθ Σ_t log p(x_{t+1} | x_{≤t}))², padding left out (targets -100)."""
+    from forgetlab.config import BackboneConfig
+    from forgetlab.kinds.language_modeling import LanguageModel
+    from forgetlab.methods.components.importance import diagonal_fisher
+    from forgetlab.models.backbones import build_backbone
+    from forgetlab.train.batching import Inputs, make_batch
+
+    torch.manual_seed(0)
+    lm = LanguageModel(build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=16))).eval()
+    windows = [[5, 9, 12, 7, 3], [8, 4, 6]]
+    data = Inputs(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.arange(2),
+                  tokens=windows, targets=windows)
+    weight = lm.backbone.model.wpe.weight
+    got = diagonal_fisher(lm, {"wpe": weight}, data, lambda x: make_batch(x, torch.arange(len(x)), lm.backbone.pad_id,
+                                                                         torch.device("cpu")), "empirical")["wpe"]
+    expected = torch.zeros_like(weight)
+    for w in windows:
+        ids = torch.tensor([w])
+        logp = F.log_softmax(lm.backbone.lm_logits(ids, torch.ones_like(ids))[0, :-1], -1)
+        (grad,) = torch.autograd.grad(logp.gather(1, ids[0, 1:, None]).sum(), weight)
+        expected += grad.pow(2) / len(windows)
+    assert got.abs().sum() > 0 and torch.allclose(got, expected, rtol=1e-4, atol=1e-9)
+
+
 @pytest.mark.parametrize("edit, expect", [
     ({"data": {"sequence": ["tinyshakespeare", "shakespear"]}}, "data.sequence: unknown corpus 'shakespear'"),
     ({"method": {"name": "lwf"}}, "method.name: lwf does not support language_modeling streams"),
-    ({"method": {"name": "ewc", "fisher": "empirical"}}, "method.fisher: the empirical Fisher needs class labels"),
     ({"method": {"name": "freeze"}}, "method.layers: a whole frozen backbone"),
     ({"data": {"classes_per_task": 2}}, "data.classes_per_task: only for data.scenario: class_incremental"),
     ({"eval": {"probe": True}}, "eval.probe: not available on a language_modeling stream"),

@@ -7,7 +7,7 @@ from forgetlab.data.stream import Stream, Task
 from forgetlab.methods.components.importance import _batched_path_agrees, _loop_statistic, mean_statistic
 from forgetlab.methods.components.per_example import Unsupported, batched_statistic
 from forgetlab.models.backbones import build_backbone
-from forgetlab.models.learner import Learner
+from forgetlab.models.learner import Classifier
 from forgetlab.train.batching import Inputs, make_batch
 
 TEXTS = ["a short one", "a rather longer text with more words in it", "mid length text", "x",
@@ -19,7 +19,7 @@ def setup(arch: str, head: str = "linear"):
     labels = [0, 1, 2, 0, 1, 2]
     stream = Stream("class_incremental", [Task(0, "t0", [0, 1, 2], TEXTS, labels, TEXTS, labels)], ["a", "b", "c"])
     backbone = build_backbone(BackboneConfig(arch=arch, size="tiny", max_length=48))
-    learner = Learner(backbone, HeadConfig(type=head), stream).eval()
+    learner = Classifier(backbone, HeadConfig(type=head), stream).eval()
     learner.begin_task(stream.tasks[0])
     y = torch.tensor(labels)
     data = Inputs(y, torch.zeros_like(y), torch.arange(len(y)), tokens=backbone.tokenize(TEXTS))
