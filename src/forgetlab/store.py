@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +70,20 @@ def _describe(config: dict) -> dict[str, Any]:
     }
 
 
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. A new file's switch takes an exclusive lock that SQLite's busy timeout does not
+    wait for, so two processes creating one store at once retry here instead of failing."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """Runs, their configs, metrics and results in one SQLite file (WAL mode, one transaction per write)."""
 
@@ -76,7 +91,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
