@@ -12,7 +12,7 @@ import torch
 
 from ..config import EvalConfig
 from ..data.stream import Stream, Task
-from ..models.learner import Classifier as Learner
+from ..models.learner import Classifier
 from .diagnostics import decomposition, error_share, linear_cka, trace_overlap, within_task_accuracy
 from .probe import fit_probe
 
@@ -34,7 +34,7 @@ class Diagnoser:
         return torch.cat(features(self.stream.tasks, "test", limit=self.cka_per_task))
 
     @torch.inference_mode()
-    def step(self, task: Task, learner: Learner, features: Features, device: torch.device,
+    def step(self, task: Task, learner: Classifier, features: Features, device: torch.device,
              cka_reference: torch.Tensor | None, layer_features: Callable | None = None) -> None:
         tasks, i = self.stream.tasks, task.index
         seen = tasks[: i + 1]
@@ -65,7 +65,7 @@ class Diagnoser:
             self.state["class_overlap"].append([trace_overlap(test[t.index], test[i]) if t.index < i else None
                                                 for t in tasks])
 
-    def _probe_row(self, task: Task, learner: Learner, features: Features) -> list[float]:
+    def _probe_row(self, task: Task, learner: Classifier, features: Features) -> list[float]:
         """Fit a probe on the training features of every task seen so far; its accuracy on each task."""
         seen = self.stream.tasks[: task.index + 1]
         x = torch.cat(features(seen, "train"))

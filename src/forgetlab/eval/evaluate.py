@@ -6,11 +6,11 @@ from collections.abc import Callable
 import torch
 
 from ..data.stream import Task
-from ..models.learner import Classifier as Learner
+from ..models.learner import Classifier
 from .per_class import class_accuracy
 
 
-def predictable(learner: Learner, task: Task) -> bool:
+def predictable(learner: Classifier, task: Task) -> bool:
     """Whether any of the task's classes can be predicted now (in class-incremental runs with a
     growing head, unseen tasks' classes cannot: their accuracy is 0 without running the model)."""
     mask = learner.class_mask(torch.tensor([task.index]))[0]
@@ -18,7 +18,7 @@ def predictable(learner: Learner, task: Task) -> bool:
 
 
 @torch.inference_mode()
-def evaluate(learner: Learner, tasks: list[Task], test_features: Callable[[list[Task]], list[torch.Tensor]],
+def evaluate(learner: Classifier, tasks: list[Task], test_features: Callable[[list[Task]], list[torch.Tensor]],
              device: torch.device, seen: int = 0) -> tuple[list[float], list[float | None]]:
     """Accuracy (0..1) on each task's test set, and each class's accuracy over the test sets of the
     first ``seen`` tasks (None for a class with no test example there); ``test_features`` gives each

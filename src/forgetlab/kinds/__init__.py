@@ -7,12 +7,6 @@ from .language_modeling import LanguageModeling
 KINDS: dict[str, type[Kind]] = {k.name: k for k in (Classification, LanguageModeling)}
 
 
-def register(kind: type[Kind]) -> type[Kind]:
-    """Add a kind (a module of your own, or a test's): ``register(MyKind)``."""
-    KINDS[kind.name] = kind
-    return kind
-
-
 def kind_class(scenario: str) -> type[Kind]:
     for kind in KINDS.values():
         if scenario in kind.scenarios:
@@ -21,4 +15,4 @@ def kind_class(scenario: str) -> type[Kind]:
     raise KeyError(f"unknown scenario {scenario!r} (known: {', '.join(known)})")
 
 
-__all__ = ["KINDS", "Kind", "kind_class", "register"]
+__all__ = ["KINDS", "Kind", "kind_class"]
