@@ -68,7 +68,7 @@ def hub_reachable() -> bool:
     def ask():
         try:
             answer.append(get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S).status_code < 500)
-        except Exception:       # any failure (no route, no name resolution, proxy refusal) is no hub
+        except Exception:  # noqa: BLE001 (any failure: no route, no name resolution, a proxy refusing, is no hub)
             answer.append(False)
 
     thread = threading.Thread(target=ask, daemon=True)
@@ -129,4 +129,4 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 def _package_folder(module: str) -> Path | None:
     """An installed package's folder, found without importing it."""
     spec = importlib.util.find_spec(module)
-    return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
