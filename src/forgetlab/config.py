@@ -30,6 +30,7 @@ class BackboneConfig(Section):
     kind: Literal["auto", "encoder", "causal_lm"] = "auto"
     pooling: Literal["cls", "mean", "last"] | None = None   # None: mean for encoders, last for causal LMs
     max_length: int = Field(64, ge=2)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"   # auto: the checkpoint's
     revision: str | None = None
     trust_remote_code: bool = False
 

