@@ -86,15 +86,25 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     feature_cache: bool = True                   # reuse frozen-backbone features across tasks and runs
     progress: bool = True
+    grad_accum: int = Field(1, ge=1)             # micro-batches of batch_size per optimizer step
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the training forward (weights stay as loaded)
+    gradient_checkpointing: bool = False         # recompute activations in backward (less memory, ~1/3 slower)
 
 
 class RetentionConfig(Section):
-    """General ability of a causal LM, before the stream and after each task."""
+    """General ability of a causal LM, before the stream and after each task: a suite of probes, each
+    on its own number of items (None: the probe is off)."""
     corpus: str | None = "wikitext2"             # perplexity: wikitext2 (valid) or a text file; None: skip
     max_tokens: int = Field(4096, ge=2)          # of the corpus
     qa: str | None = "mmlu"                      # zero-shot multiple choice: mmlu or a JSONL file; None: skip
     qa_split: str = "val"
-    max_items: int = Field(200, ge=1)
+    max_items: int = Field(200, ge=1)            # of the qa probe
+    boolq_items: int | None = Field(None, ge=1)  # BoolQ yes/no by log-likelihood (qa_probes/boolq test split)
+    gsm8k_items: int | None = Field(None, ge=1)  # GSM8K by greedy generation, the final number (qa_probes/gsm8k)
+    held_out: str | None = None                  # instruction data never trained on (a built-in task or a file):
+    held_out_items: int = Field(100, ge=1)       #   its responses' NLL and its answers, scored as tasks are
+    template: str = "auto"                       # how gsm8k and held_out prompts are rendered (data.template's values)
+    max_new_tokens: int = Field(256, ge=1)       # gsm8k answers (held_out: its task's own)
     max_length: int = Field(256, ge=2)           # tokens per window (at most the model's positions)
 
 

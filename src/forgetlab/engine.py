@@ -195,7 +195,8 @@ class Engine:
             "metrics": metrics,
             "metric_directions": {key: metric_direction(key, m["direction"]) for m in matrices.values() for key in m["metrics"]},
             "matrices": matrices,
-            "retention": retention_record(self.cfg.eval.retention, state["retention"]) if self.retention else None,
+            "retention": retention_record(self.cfg.eval.retention, state["retention"], self.retention.chance,
+                                          self.retention.counts) if self.retention else None,
             "timing": timing, "task_log": state["log"], "resources": resources(self.device),
             "environment": environment(self.cfg.seed, self.device),
         }

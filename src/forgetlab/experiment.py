@@ -27,7 +27,8 @@ def load_config(source: str | Path | dict | Config, overrides: dict[str, Any] | 
         kind = kind_class(scenario)
     except KeyError as exc:
         raise UserError(f"{_at(where, lines, ('data', 'scenario'))}: data.scenario: {exc.args[0]}") from None
-    data = _without_other_kinds_keys(cfg.data.model_dump(), cfg.data.model_extra or {}, kind, where, lines)
+    given = {**cfg.data.model_dump(exclude_unset=True), "scenario": scenario}    # unset keys take the kind's defaults
+    data = _without_other_kinds_keys(given, cfg.data.model_extra or {}, kind, where, lines)
     cfg.data = _section(kind.Data, data, where, lines, "data")
     name = cfg.method.get("name")
     if not isinstance(name, str):

@@ -1,5 +1,16 @@
-"""General-ability retention of a causal LM: perplexity on a general corpus and zero-shot
-multiple-choice accuracy by log-likelihood scoring, measured before the stream and after each task."""
+"""General ability of a causal LM, measured before the stream and after each task (the matrix G):
+a suite of probes, each beside its chance (or majority) level.
+
+- ``perplexity`` on a general corpus (WikiText-2), lower is better;
+- ``qa_accuracy``: zero-shot multiple choice (MMLU) by log-likelihood, chance 1/choices;
+- ``boolq_accuracy``: BoolQ yes/no by log-likelihood, against the majority answer's rate;
+- ``gsm8k_accuracy``: GSM8K by greedy generation, the final number, chance 0;
+- ``held_out_nll`` and ``held_out_score``: instruction data the model is never trained on, its
+  responses' NLL per token and its generated answers scored as the tasks are.
+
+A probe whose score before the stream is within two binomial standard errors of its chance level
+is flagged uninformative: for that model its drop cannot be read as forgetting.
+"""
 from __future__ import annotations
 
 import json
@@ -16,6 +27,14 @@ from ..models.backbones import Backbone
 from ..models.causal_lm import IGNORE_INDEX, lm_labels, token_nll
 from ..models.peft import max_positions
 from ..train.batching import pad
+
+# probe -> (direction, what it is); the order of the report's columns
+PROBES = {"perplexity": ("lower", "perplexity of the general corpus"),
+          "qa_accuracy": ("higher", "zero-shot multiple choice by log-likelihood"),
+          "boolq_accuracy": ("higher", "BoolQ yes/no by log-likelihood"),
+          "gsm8k_accuracy": ("higher", "GSM8K by generation (final number)"),
+          "held_out_nll": ("lower", "held-out instruction data: response NLL per token"),
+          "held_out_score": ("higher", "held-out instruction data: generated answers scored")}
 
 
 def corpus_texts(name: str, max_chars: int) -> list[str]:
@@ -104,29 +123,134 @@ def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torc
     return right / len(items)
 
 
-def retention_record(cfg: RetentionConfig, rows: list[dict]) -> dict:
-    """General ability before the stream (index 0) and after each task, and its change over the
-    stream: ``perplexity_ratio`` (after / before) and ``qa_accuracy_change`` (after − before), None
-    where not measured."""
+def boolq_items(limit: int) -> list[dict]:
+    """The first ``limit`` BoolQ questions of qa_probes/boolq (its test split, the official dev set)."""
+    path = _builtin("qa_probes/boolq/test.jsonl")
+    if not path.is_file():
+        raise UserError(f"eval.retention.boolq_items: {path} not found (BoolQ needs FORGETLAB_DATA_DIR)")
+    items = []
+    for line in read_lines(path):
+        if len(items) == limit:
+            break
+        row = json.loads(line)
+        items.append({"context": f"{row['passage'].strip()}\nQuestion: {row['question'].strip().rstrip('?')}?\nAnswer:",
+                      "answer": int(str(row["label"]).lower() in ("true", "yes", "1"))})
+    return items
+
+
+def boolq_accuracy(backbone: Backbone, items: list[dict], window: int, device: torch.device) -> float:
+    """The likelier of " no" / " yes" after the passage and question is the answer."""
+    right = sum(int(max(range(2), key=choice_logprobs(backbone, it["context"], ["no", "yes"], window, device).__getitem__)
+                    == it["answer"]) for it in items)
+    return right / len(items)
+
+
+def chance_levels(qa: list[dict] | None, boolq: list[dict] | None, held_out) -> dict[str, float | None]:
+    """What each probe scores by guessing: 1/choices, the majority answer's rate, 0 for free answers."""
+    out: dict[str, float | None] = {"perplexity": None, "held_out_nll": None, "gsm8k_accuracy": 0.0}
+    out["qa_accuracy"] = sum(1 / len(i["choices"]) for i in qa) / len(qa) if qa else None
+    if boolq:
+        yes = sum(i["answer"] for i in boolq) / len(boolq)
+        out["boolq_accuracy"] = max(yes, 1 - yes)
+    if held_out:
+        out["held_out_score"] = sum(1 / len(e.options) if e.options else 0.0 for e in held_out) / len(held_out)
+    return out
+
+
+def informative(before: float | None, chance: float | None, n: int) -> bool | None:
+    """Whether a score before the stream lies more than two binomial standard errors above chance."""
+    if before is None or chance is None:
+        return None
+    return before > chance + 2 * math.sqrt(chance * (1 - chance) / n)
+
+
+def retention_record(cfg: RetentionConfig, rows: list[dict], chance: dict | None = None,
+                     items: dict | None = None) -> dict:
+    """General ability before the stream (index 0) and after each task: each probe's values, its change
+    from before the stream (TRACE's ΔR^G), chance level and whether it is informative; and the older
+    keys ``perplexity_ratio`` (after / before) and ``qa_accuracy_change`` (after − before)."""
+    chance, items = chance or {}, items or {}
     ppl, qa = [r["perplexity"] for r in rows], [r["qa_accuracy"] for r in rows]
-    return {"corpus": cfg.corpus, "qa": cfg.qa, "perplexity": ppl, "qa_accuracy": qa,
+    probes = {}
+    for name, (direction, about) in PROBES.items():
+        values = [r.get(name) for r in rows]
+        if values[0] is None:
+            continue
+        probes[name] = {"about": about, "direction": direction, "values": values,
+                        "change": [v - values[0] for v in values], "chance": chance.get(name),
+                        "items": items.get(name),
+                        "informative": informative(values[0], chance.get(name), items.get(name) or 1)}
+    return {"corpus": cfg.corpus, "qa": cfg.qa, "held_out": cfg.held_out, "perplexity": ppl, "qa_accuracy": qa,
             "perplexity_ratio": ppl[-1] / ppl[0] if ppl[0] else None,
-            "qa_accuracy_change": qa[-1] - qa[0] if qa[0] is not None else None}
+            "qa_accuracy_change": qa[-1] - qa[0] if qa[0] is not None else None,
+            "probes": probes}
 
 
 class Retention:
-    """The corpus and items of a run, loaded once; ``measure`` gives one row of figures."""
+    """The probes' items, loaded once; ``measure`` gives one row of figures."""
 
     def __init__(self, cfg: RetentionConfig):
+        from ..data.instructions import load_task
+
         self.cfg = cfg
         self.texts = corpus_texts(cfg.corpus, cfg.max_tokens * 20) if cfg.corpus else None
         self.items = qa_items(cfg.qa, cfg.qa_split, cfg.max_items) if cfg.qa else None
+        self.boolq = boolq_items(cfg.boolq_items) if cfg.boolq_items else None
+        self.gsm8k = load_task("gsm8k", None).test[: cfg.gsm8k_items] if cfg.gsm8k_items else None
+        self.held_out = None
+        if cfg.held_out:
+            self.held_out_task = load_task(cfg.held_out, None)
+            self.held_out = self.held_out_task.test[: cfg.held_out_items]
+        self.chance = chance_levels(self.items, self.boolq, self.held_out)
+        self.counts = {"perplexity": None, "qa_accuracy": len(self.items or []), "boolq_accuracy": len(self.boolq or []),
+                       "gsm8k_accuracy": len(self.gsm8k or []), "held_out_nll": len(self.held_out or []),
+                       "held_out_score": len(self.held_out or [])}
+        self.formatter = None
 
     def measure(self, backbone: Backbone, device: torch.device) -> dict:
         was_training = backbone.training
         backbone.eval()
         window = _window(backbone, self.cfg)
         row = {"perplexity": perplexity(backbone, self.texts, window, self.cfg.max_tokens, device) if self.texts else None,
-               "qa_accuracy": qa_accuracy(backbone, self.items, window, device) if self.items else None}
+               "qa_accuracy": qa_accuracy(backbone, self.items, window, device) if self.items else None,
+               "boolq_accuracy": boolq_accuracy(backbone, self.boolq, window, device) if self.boolq else None,
+               "gsm8k_accuracy": None, "held_out_nll": None, "held_out_score": None}
+        if self.gsm8k:
+            row["gsm8k_accuracy"] = self._generated(backbone, self.gsm8k, "number", self.cfg.max_new_tokens, window, device)
+        if self.held_out:
+            task = self.held_out_task
+            row["held_out_nll"] = self._response_nll(backbone, self.held_out, window, device)
+            row["held_out_score"] = self._generated(backbone, self.held_out, task.metric, task.max_new_tokens, window, device)
         backbone.train(was_training)
         return row
+
+    def _format(self, backbone: Backbone, window: int):
+        from ..data.formatting import Formatter
+
+        if self.formatter is None:
+            self.formatter = Formatter(backbone.tokenizer, self.cfg.template, window, key="eval.retention.template")
+        return self.formatter
+
+    def _generated(self, backbone: Backbone, examples, metric: str, max_new: int, window: int,
+                   device: torch.device) -> float:
+        from .generation import decode_text, greedy_decode
+        from .scoring import score
+
+        fmt = self._format(backbone, window)
+        prompts = [fmt.prompt_ids(ex, max(window - max_new, window // 2)) for ex in examples]
+        outs = greedy_decode(backbone, prompts, max_new, device=device, eos_ids=fmt.eos_ids)
+        return sum(score(ex.metric or metric, decode_text(backbone, ids), ex.response, ex.options)
+                   for ex, ids in zip(examples, outs)) / len(examples)
+
+    def _response_nll(self, backbone: Backbone, examples, window: int, device: torch.device) -> float:
+        """Mean NLL per response token (the template's, as trained), the prompt given."""
+        fmt = self._format(backbone, window)
+        encoded = [fmt.example(ex) for ex in examples]
+        total, count = 0.0, 0
+        for start in range(0, len(encoded), 8):
+            part = encoded[start: start + 8]
+            ids, mask = pad([e.input_ids for e in part], backbone.pad_id)
+            labels, _ = pad([e.labels for e in part], IGNORE_INDEX)
+            nll, scored = token_nll(backbone.lm_logits(ids.to(device), mask.to(device)), labels.to(device))
+            total, count = total + nll.sum().item(), count + int(scored.sum())
+        return total / count

@@ -2,9 +2,10 @@
 that serves a ``data.scenario``. The interface is ``base.Kind``."""
 from .base import Kind
 from .classification import Classification
+from .instruction import InstructionTuning
 from .language_modeling import LanguageModeling
 
-KINDS: dict[str, type[Kind]] = {k.name: k for k in (Classification, LanguageModeling)}
+KINDS: dict[str, type[Kind]] = {k.name: k for k in (Classification, LanguageModeling, InstructionTuning)}
 
 
 def kind_class(scenario: str) -> type[Kind]:

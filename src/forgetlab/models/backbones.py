@@ -71,8 +71,12 @@ class Backbone(nn.Module):
         tuning prepends get none."""
         if self.lm_head is None:
             raise UserError(f"backbone: {self.source} is an encoder; next-token logits need a causal LM")
+        return self.lm_head(self.hidden_states(input_ids, attention_mask))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden states [B, L, dim], one per input token."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.lm_head(hidden[:, hidden.size(1) - input_ids.size(1):])
+        return hidden[:, hidden.size(1) - input_ids.size(1):]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -43,19 +43,24 @@ def fusable(groups: list[dict]) -> bool:
 
 def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainConfig, *, seed: int,
                device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
-    """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), shuffled by ``seed``; with
-    ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``)."""
+    """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps), shuffled by ``seed``;
+    with ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``). An
+    optimizer step averages the losses of ``cfg.grad_accum`` batches; ``cfg.precision: bf16`` runs the
+    forward under bf16 autocast."""
     optimizer = make_optimizer(method, cfg)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * per_epoch
+    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
     if optimizer is None or total == 0:
         return TrainStats(0, 0, float("nan"), 0.0)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(t) for t in inputs.tokens] if cfg.group_by_length and inputs.tokens is not None else None
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(learner, True)
     learner.train()
-    start, step, seen, recent = time.perf_counter(), 0, 0, []
+    optimizer.zero_grad(set_to_none=True)
+    start, step, seen, micro, recent = time.perf_counter(), 0, 0, 0, []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} ex/s"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True, disable=not (cfg.progress and console.is_terminal)) as bar:
@@ -66,16 +71,34 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
                 if step == total:
                     break
                 batch = make_batch(inputs, idx, pad_id, device)
-                loss = method.loss(batch, learner(batch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    loss = method.loss(batch, learner(batch))
+                (loss / cfg.grad_accum).backward()
+                micro += 1
+                seen += len(batch["labels"])
+                recent.append(loss.item())
+                if micro % cfg.grad_accum:
+                    continue
                 method.after_backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 step += 1
-                seen += len(batch["labels"])
-                recent.append(loss.item())
                 bar.update(job, advance=1, loss=recent[-1], rate=seen / (time.perf_counter() - start))
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(learner, False)
     learner.eval()
     return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start)
+
+
+def set_gradient_checkpointing(learner: Learner, on: bool) -> None:
+    """Turn transformers' gradient checkpointing of the backbone on or off (models that have it)."""
+    model = learner.backbone.model
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()

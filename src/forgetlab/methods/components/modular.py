@@ -2,7 +2,7 @@
 
 The base weights never change; only the active module (and the head) trains. With one module
 per task the task's module is selected by its task id, for training and for testing, so that
-needs a task-incremental stream (the task id is known at test time).
+needs a stream whose task id is known at test time (task-incremental, instruction).
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pydantic import Field
 
 from ...errors import UserError
 from ..base import Method, MethodConfig
+
+TASK_ID_AT_TEST = ("task_incremental", "instruction")   # each task is tested apart: its module can be chosen
 
 
 class ModularConfig(MethodConfig):
@@ -24,9 +26,9 @@ class ModularMethod(Method):
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        if cfg.per_task and ctx.stream.scenario != "task_incremental":
+        if cfg.per_task and ctx.stream.scenario not in TASK_ID_AT_TEST:
             raise UserError(f"method.per_task: one module per task needs the task id at test time "
-                            f"(data.scenario: task_incremental), not {ctx.stream.scenario}")
+                            f"(data.scenario: task_incremental or instruction), not {ctx.stream.scenario}")
         tasks = len(ctx.stream.tasks)
         self.module_names = [f"fl_task{t}" for t in range(tasks)] if cfg.per_task else ["fl_shared"]
         learner.backbone.requires_grad_(False)

@@ -1,0 +1,72 @@
+"""Scoring answers by likelihood: the log-probability a causal LM gives each continuation of a prompt.
+
+A prompt is run once; its KV cache (transformers' ``DynamicCache``) is copied to each of its
+continuations, so scoring k options costs one prompt pass and k short ones. Prompts are left-padded,
+positions follow the attention mask, so a padded prompt scores as it would alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.backbones import Backbone
+
+MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
+
+
+def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        if t:
+            ids[i, width - len(t):] = torch.tensor(t, dtype=torch.long)
+            mask[i, width - len(t):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[list[list[int]]],
+                          device: torch.device) -> list[list[float]]:
+    """For each prompt, the summed log-probability of each of its continuations (non-empty id lists)."""
+    from transformers import DynamicCache
+
+    was_training = backbone.training
+    backbone.eval()
+    per_batch = max(1, MAX_ROWS // max(len(options) for options in continuations))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[float]] = [[] for _ in prompts]
+    for start in range(0, len(order), per_batch):
+        idx = order[start: start + per_batch]
+        ids, mask = left_pad([prompts[i] for i in idx], backbone.pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        hidden = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True).last_hidden_state
+        first = F.log_softmax(backbone.lm_head(hidden[:, -1]).float(), dim=-1)
+        rows = [(k, c) for k, i in enumerate(idx) for c in continuations[i]]
+        select = torch.tensor([k for k, _ in rows], device=device)
+        cache.reorder_cache(select)
+        cont = [c for _, c in rows]
+        width = max(len(c) for c in cont)
+        cont_ids = torch.full((len(cont), width), backbone.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(cont), width), dtype=torch.long)
+        for r, c in enumerate(cont):
+            cont_ids[r, : len(c)] = torch.tensor(c)
+            cont_mask[r, : len(c)] = 1
+        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+        scores = first[select].gather(1, cont_ids[:, :1]).squeeze(1)
+        if width > 1:
+            steps = torch.arange(1, width, device=device)
+            hidden = backbone.model(input_ids=cont_ids[:, :-1], attention_mask=torch.cat([mask[select], cont_mask[:, :-1]], 1),
+                                    position_ids=positions[select][:, -1:] + steps, cache=cache,
+                                    use_cache=True).last_hidden_state
+            logp = F.log_softmax(backbone.lm_head(hidden).float(), dim=-1)
+            token = logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)
+            scores = scores + (token * cont_mask[:, 1:]).sum(1)
+        scores = scores.tolist()
+        for (k, _), value in zip(rows, scores):
+            out[idx[k]].append(value)
+    backbone.train(was_training)
+    return out

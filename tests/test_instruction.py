@@ -1,0 +1,303 @@
+"""The instruction kind: prompt -> response data, templates and response-only masks, likelihood
+scoring against direct sums, a tiny GPT through a two-task stream, resume, and bad input."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import forgetlab
+from forgetlab.config import BackboneConfig
+from forgetlab.data.formatting import PLAIN, Formatter
+from forgetlab.data.instructions import BENCHMARKS, Instruction, build_instruction_stream, load_task, read_instructions
+from forgetlab.errors import UserError
+from forgetlab.eval.likelihood import continuation_logprobs
+from forgetlab.eval.retention import chance_levels, informative
+from forgetlab.experiment import load_config
+from forgetlab.kinds.instruction import InstructionTuning
+from forgetlab.models.backbones import build_backbone
+from forgetlab.models.bpe import train_bpe
+from forgetlab.models.causal_lm import IGNORE_INDEX, token_nll
+from forgetlab.models.tokenizer import ByteTokenizer
+from forgetlab.train.batching import pad
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = {"colour": ["red", "blue", "green"], "animal": ["cat", "dog", "cow"],
+         "hot": ["sun", "fire", "oven"], "cold": ["ice", "snow", "frost"]}
+
+
+def byte_ids(text: str) -> list[int]:
+    return [b + 3 for b in text.encode()]
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def test_plain_template_masks_the_prompt_and_trains_the_response_and_its_end():
+    fmt = Formatter(ByteTokenizer(), "plain", max_length=200)
+    enc = fmt.example(Instruction("hi", "ok"))
+    prompt = [1] + byte_ids(PLAIN.format(prompt="hi"))          # BOS, then the rendered prompt
+    assert enc.input_ids == prompt + byte_ids("ok") + [2]       # the response, then end of text (id 2)
+    assert enc.labels == [IGNORE_INDEX] * len(prompt) + byte_ids("ok") + [2]
+    assert enc.prompt_length == len(prompt) and fmt.eos_ids == {2}
+
+
+def test_a_long_prompt_loses_its_first_tokens_and_the_response_survives():
+    fmt = Formatter(ByteTokenizer(), "{prompt}=", max_length=12)
+    enc = fmt.example(Instruction("abcdefghijklmnop", "xyz"))
+    assert enc.input_ids == [1] + byte_ids("klmnop=") + byte_ids("xyz") + [2]    # 1 + 7 + 4 = 12 tokens
+    assert enc.labels == [IGNORE_INDEX] * 8 + byte_ids("xyz") + [2]
+
+
+def test_a_system_prompt_and_a_custom_template():
+    fmt = Formatter(ByteTokenizer(), "Q: {prompt}\nA:", max_length=100, system="Be brief.")
+    assert fmt.prompt_text("2+2?") == "Be brief.\n\nQ: 2+2?\nA:"
+    assert Formatter(ByteTokenizer(), "[{system}] {prompt} ->", 100, system="S").prompt_text("x") == "[S] x ->"
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    tok = train_bpe(["the cat sat on the mat and the dog sat on the log"] * 4, vocab_size=300)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    tok.eos_token = "<|im_end|>"
+    return tok
+
+
+def _ids(out) -> list[int]:
+    return list(out["input_ids"] if not isinstance(out, list) else out)
+
+
+def test_the_chat_template_is_applied_as_the_tokenizer_applies_it(chat_tokenizer):
+    tok = chat_tokenizer
+    fmt = Formatter(tok, "auto", max_length=256, system="be kind")
+    assert fmt.chat
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the cat"}]
+    enc = fmt.example(Instruction("the cat", "sat on the mat"))
+    prompt = _ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    full = _ids(tok.apply_chat_template(messages + [{"role": "assistant", "content": "sat on the mat"}], tokenize=True))
+    assert enc.input_ids == full and enc.input_ids[: len(prompt)] == prompt
+    assert enc.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert enc.labels[len(prompt):] == full[len(prompt):] and end in enc.labels     # response, <|im_end|>, "\n"
+    assert fmt.eos_ids == {end}
+
+
+def test_template_errors(chat_tokenizer):
+    with pytest.raises(UserError, match="data.template: unknown template 'alpacca'"):
+        Formatter(ByteTokenizer(), "alpacca", 64)
+    with pytest.raises(UserError, match="no chat template"):
+        Formatter(ByteTokenizer(), "chat", 64)
+    assert not Formatter(ByteTokenizer(), "auto", 64).chat
+
+
+# -- data ----------------------------------------------------------------------------------------
+def test_the_standard_benchmark_orders_and_a_built_in_conversion():
+    assert BENCHMARKS["standard"][1] == ["dbpedia", "amazon", "yahoo", "agnews"]
+    cfg = load_config({"backbone": {"arch": "gpt2"}, "method": {"name": "seq"},
+                       "data": {"scenario": "instruction", "name": "standard", "benchmark_order": 3,
+                                "max_train_per_task": 5, "max_test_per_task": 3}}).data
+    stream = build_instruction_stream(cfg)
+    assert [t.name for t in stream.tasks] == ["yahoo", "amazon", "agnews", "dbpedia"]
+    news = stream.tasks[2]
+    assert len(news.train_examples) == 5 and len(news.test_examples) == 3 and news.metric == "accuracy"
+    labels = json.loads((news_folder() / "labels.json").read_text())
+    for ex in news.train_examples:
+        assert ex.options == labels and ex.response in labels
+        assert ex.prompt.endswith(f"What is the topic of this news article? Choose one of: {', '.join(labels)}.")
+
+
+def news_folder():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ["FORGETLAB_DATA_DIR"]) / "cl5_textcls" / "agnews"
+
+
+def test_boolq_and_gsm8k_as_tasks():
+    boolq = load_task("boolq")
+    assert boolq.metric == "accuracy" and {e.response for e in boolq.test} <= {"yes", "no"}
+    assert all(e.options == ["yes", "no"] and e.prompt.endswith("? Answer yes or no.") for e in boolq.test)
+    gsm = load_task("gsm8k")
+    assert gsm.metric == "number" and gsm.max_new_tokens == 256 and "####" in gsm.train[0].response
+
+
+def test_jsonl_and_trace_json(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "p", "response": "r", "system": "s"}\n\n'
+                                      '{"prompt": "q", "answer": "a", "options": ["a", "b"]}\n')
+    rows = read_instructions(tmp_path / "t.jsonl")
+    assert [(r.prompt, r.response, r.system, r.options) for r in rows] == [("p", "r", "s", None), ("q", "a", None, ["a", "b"])]
+    (tmp_path / "trace.json").write_text(json.dumps([{"prompt": "x", "answer": "y"}]))
+    assert read_instructions(tmp_path / "trace.json")[0].response == "y"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "p"}', "t.jsonl:2: no 'response'"),
+    ('{"prompt": "  ", "response": "r"}', "t.jsonl:2: empty 'prompt'"),
+    ('{"prompt": "p", "response": "c", "options": ["a", "b"]}', "t.jsonl:2: the response 'c' is not one of its 'options'"),
+    ('{"prompt": "p", "response": "r", "metric": "bleu"}', "t.jsonl:2: unknown metric 'bleu'"),
+])
+def test_bad_lines_name_the_file_and_line(tmp_path, line, message):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "ok", "response": "fine"}\n' + line + "\n")
+    with pytest.raises(UserError, match=message):
+        read_instructions(tmp_path / "t.jsonl")
+
+
+# -- likelihood ----------------------------------------------------------------------------------
+def tiny_llama_backbone(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = train_bpe(["a tiny corpus for a tiny tokenizer"] * 4, vocab_size=300)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    return build_backbone(BackboneConfig(name=str(tmp_path), max_length=64))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_likelihood_scorer_equals_direct_sums(tmp_path, arch):
+    torch.manual_seed(0)
+    backbone = (build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=64)) if arch == "gpt2"
+                else tiny_llama_backbone(tmp_path)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    options = [[[20], [21, 22, 23]], [[24, 25]], [[26, 27], [28], [29, 30, 31, 32]]]
+    scored = continuation_logprobs(backbone, prompts, options, torch.device("cpu"))
+    for prompt, conts, got in zip(prompts, options, scored):
+        seqs = [prompt + c for c in conts]
+        ids, mask = pad(seqs, backbone.pad_id)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, : len(prompt)] = IGNORE_INDEX                       # the prompt is given, not scored
+        nll, _ = token_nll(backbone.lm_logits(ids, mask), labels)
+        assert got == pytest.approx((-nll.sum(1)).tolist(), abs=1e-4)
+
+
+def test_chance_levels_and_the_informative_flag_by_hand():
+    qa = [{"choices": ["a", "b", "c", "d"]}] * 3 + [{"choices": ["a", "b"]}]
+    boolq = [{"answer": 1}] * 3 + [{"answer": 0}]
+    chance = chance_levels(qa, boolq, [Instruction("p", "x", options=["x", "y", "z", "w", "v"]), Instruction("p", "free")])
+    assert chance["qa_accuracy"] == pytest.approx((3 * 0.25 + 0.5) / 4)
+    assert chance["boolq_accuracy"] == 0.75 and chance["gsm8k_accuracy"] == 0.0
+    assert chance["held_out_score"] == pytest.approx((0.2 + 0.0) / 2)
+    # 200 items at chance 0.25: two standard errors are 2 * sqrt(0.25 * 0.75 / 200) = 0.0612
+    assert informative(0.31, 0.25, 200) is False and informative(0.32, 0.25, 200) is True
+    assert informative(0.0, 0.0, 50) is False and informative(0.02, 0.0, 50) is True
+    assert informative(12.0, None, 1) is None
+
+
+# -- end to end ----------------------------------------------------------------------------------
+def write_tasks(folder, n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, question, options in (("kinds", "colour or animal?", ["colour", "animal"]),
+                                    ("temps", "hot or cold?", ["hot", "cold"])):
+        path = folder / f"{name}.jsonl"
+        rows = []
+        for _ in range(n):
+            answer = options[rng.integers(2)]
+            rows.append({"prompt": f"{rng.choice(WORDS[answer])} {question}", "response": answer, "options": options})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(str(path))
+    return paths
+
+
+def instruction_config(tmp_path, **sections) -> dict:
+    cfg = {"seed": 0, "backbone": {"arch": "gpt2", "size": "nano", "max_length": 64},
+           "data": {"scenario": "instruction", "sequence": write_tasks(tmp_path / "tasks"), "template": "{prompt}=",
+                    "max_test_per_task": 8, "keep_predictions": 2},
+           "method": {"name": "seq"},
+           "train": {"epochs": 10, "batch_size": 8, "lr_backbone": 1e-2, "progress": False}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+def test_a_tiny_gpt_through_a_two_task_instruction_stream(tmp_path):
+    raw = forgetlab.run(instruction_config(tmp_path), out=tmp_path / "run").raw
+    assert raw["kind"] == "instruction" and raw["tasks"] == ["kinds", "temps"]
+    G, L = np.array(raw["matrices"]["generated"]["values"]), np.array(raw["matrices"]["likelihood"]["values"])
+    assert G.shape == L.shape == (2, 2) and ((0 <= G) & (G <= 1)).all() and ((0 <= L) & (L <= 1)).all()
+    before = raw["matrices"]["generated"]["baseline"]
+    assert G[0, 0] > before[0] and G[1, 1] > before[1]                    # it learns each task...
+    assert G[1, 0] < G[0, 0]                                               # ...and forgets the first
+    assert raw["metrics"]["score"] == pytest.approx(G[-1].mean())
+    assert raw["metrics"]["bwt"] == pytest.approx(G[1, 0] - G[0, 0])
+    # predictions: the baseline and one evaluation per task, the first 2 answers of every task
+    assert len(raw["predictions"]) == 3 and all(len(p[t]) == 2 for p in raw["predictions"] for t in raw["tasks"])
+    first = raw["predictions"][1]["kinds"][0]
+    assert first["score"] == float(first["prediction"].strip() == first["reference"])
+    assert raw["instruction"]["metrics"] == {"kinds": "accuracy", "temps": "accuracy"}
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    cfg = instruction_config(tmp_path, train={"epochs": 1})
+    straight = forgetlab.run(cfg, out=tmp_path / "a").raw
+    real, calls = InstructionTuning.evaluate, []
+
+    def dies_after_task_0(self, method, seen):
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        calls.append(1)
+        return real(self, method, seen)
+
+    monkeypatch.setattr(InstructionTuning, "evaluate", dies_after_task_0)
+    with pytest.raises(RuntimeError):
+        forgetlab.run(cfg, out=tmp_path / "b")
+    monkeypatch.setattr(InstructionTuning, "evaluate", real)
+    resumed = forgetlab.run(cfg, out=tmp_path / "b", resume=True).raw
+    for name in ("generated", "likelihood"):
+        assert resumed["matrices"][name]["values"] == straight["matrices"][name]["values"]
+    assert resumed["predictions"] == straight["predictions"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"template": "alpacca"}}, "data.template: unknown template 'alpacca'"),
+    ({"data": {"max_new_tokens": 0}}, "data.max_new_tokens"),
+    ({"method": {"name": "der++"}}, "method.name: der++ does not support instruction streams"),
+    ({"eval": {"probe": True}}, "eval.probe: not available on an instruction stream"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, change, message):
+    cfg = instruction_config(tmp_path, **change)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "forgetlab.cli", "run", str(path), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_line_without_response_is_one_line_and_exit_2(tmp_path):
+    cfg = instruction_config(tmp_path)
+    bad = tmp_path / "tasks" / "kinds.jsonl"
+    rows = bad.read_text().splitlines()
+    rows[4] = '{"prompt": "red colour or animal?"}'
+    bad.write_text("\n".join(rows) + "\n")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "forgetlab.cli", "run", str(path), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {bad}:5: no 'response' (or TRACE's 'answer')"
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_general_ability_probes_before_and_after_every_task(tmp_path):
+    cfg = instruction_config(tmp_path, train={"epochs": 1},
+                             eval={"retention": {"corpus": "wikitext2", "max_tokens": 256, "qa": "mmlu", "max_items": 4,
+                                                 "boolq_items": 4, "gsm8k_items": 2, "max_new_tokens": 4,
+                                                 "held_out": "boolq", "held_out_items": 3, "template": "{prompt}=",
+                                                 "max_length": 64}})
+    raw = forgetlab.run(cfg, out=tmp_path / "run").raw
+    probes = raw["retention"]["probes"]
+    assert set(probes) == {"perplexity", "qa_accuracy", "boolq_accuracy", "gsm8k_accuracy", "held_out_nll", "held_out_score"}
+    for name, p in probes.items():
+        assert len(p["values"]) == 3 and p["change"] == pytest.approx([v - p["values"][0] for v in p["values"]])
+    assert probes["held_out_score"]["chance"] == 0.5 and probes["gsm8k_accuracy"]["chance"] == 0.0
+    assert probes["perplexity"]["informative"] is None and probes["perplexity"]["direction"] == "lower"
+    assert math.isfinite(probes["held_out_nll"]["values"][-1])
