@@ -301,3 +301,20 @@ def test_general_ability_probes_before_and_after_every_task(tmp_path):
     assert probes["held_out_score"]["chance"] == 0.5 and probes["gsm8k_accuracy"]["chance"] == 0.0
     assert probes["perplexity"]["informative"] is None and probes["perplexity"]["direction"] == "lower"
     assert math.isfinite(probes["held_out_nll"]["values"][-1])
+
+
+def test_the_report_shows_answers_escaped_and_the_g_matrix(tmp_path):
+    task = tmp_path / "html.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"<script>alert({i})</script> yes or no?", "response": "<b>yes</b>"})
+                            + "\n" for i in range(12)))
+    cfg = instruction_config(tmp_path, data={"sequence": [str(task)], "max_test_per_task": 2},
+                             train={"epochs": 1},
+                             eval={"retention": {"corpus": "wikitext2", "max_tokens": 128, "qa": "mmlu", "max_items": 4,
+                                                 "max_length": 64}})
+    run = forgetlab.run(cfg, out=tmp_path / "run")
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(11)&lt;/script&gt;" in page          # the one test example (the last line)
+    assert "&lt;b&gt;yes&lt;/b&gt;" in page and "<b>yes</b>" not in page
+    qa = run.raw["retention"]["probes"]["qa_accuracy"]
+    assert "The matrix G" in page and f"{qa['values'][1]:.4f} ({qa['change'][1]:+.4f})" in page

@@ -37,11 +37,11 @@ PROBES = {"perplexity": ("lower", "perplexity of the general corpus"),
           "held_out_score": ("higher", "held-out instruction data: generated answers scored")}
 
 
-def corpus_texts(name: str, max_chars: int) -> list[str]:
+def corpus_texts(name: str, max_chars: int, key: str = "eval.retention.corpus") -> list[str]:
     """Lines of a corpus: ``wikitext2`` (its valid split in FORGETLAB_DATA_DIR) or a text file."""
     path = _builtin("wikitext2/valid.txt") if name == "wikitext2" else Path(name)
     if not path.is_file():
-        raise UserError(f"eval.retention.corpus: {path} not found (wikitext2 needs FORGETLAB_DATA_DIR, or give a text file)")
+        raise UserError(f"{key}: {path} not found (wikitext2 needs FORGETLAB_DATA_DIR, or give a text file)")
     text = read_text(path)[:max_chars]
     return [line for line in text.splitlines() if line.strip()]
 

@@ -19,6 +19,7 @@ class AdapterConfig(ModularConfig):
 
 class Adapter(ModularMethod):
     name = "adapter"
+    kinds = frozenset({"classification", "language_modeling"})
     Config = AdapterConfig
 
     def add_modules(self, names):

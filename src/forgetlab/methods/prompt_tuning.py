@@ -20,6 +20,7 @@ class PromptTuningConfig(ModularConfig):
 
 class PromptTuning(ModularMethod):
     name = "prompt_tuning"
+    kinds = frozenset({"classification", "language_modeling"})
     Config = PromptTuningConfig
 
     def add_modules(self, names):

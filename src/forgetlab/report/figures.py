@@ -150,6 +150,23 @@ def lines_png(series: dict[str, Sequence[float | None]], xlabel: str, ylabel: st
     return _png(fig)
 
 
+def tradeoff_png(x: Sequence[float], series: dict[str, Sequence[float | None]], xlabel: str, ylabel: str,
+                 title: str) -> bytes:
+    """Each series against one x over the stream (a path; its points numbered 0, 1, ... by step)."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    for label, values in series.items():
+        pairs = [(a, b) for a, b in zip(x, values) if b is not None]
+        line, = ax.plot([a for a, _ in pairs], [b for _, b in pairs], marker="o", markersize=4, label=_label(label))
+        for step, (a, b) in enumerate(pairs):
+            ax.annotate(str(step), (a, b), textcoords="offset points", xytext=(3, 3), fontsize=7, color=line.get_color())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_label(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
 def decomposition_png(parts: Sequence[dict], tasks: Sequence[str]) -> bytes:
     """Each old task's drop in observed accuracy as stacked bars: representation loss + classifier drift."""
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(parts) + 2.0), 4.0))

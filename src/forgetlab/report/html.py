@@ -10,7 +10,8 @@ import jinja2
 import yaml
 
 from forgetlab.eval.per_class import per_class_forgetting
-from forgetlab.report.figures import class_forgetting_png, decomposition_png, heatmap_png, lines_png, task_curves_png
+from forgetlab.report.figures import (class_forgetting_png, decomposition_png, heatmap_png, lines_png, task_curves_png,
+                                      tradeoff_png)
 from forgetlab.report.matrices import describe, matrices_of, measure, ordered, split_key
 
 MISSING = "–"
@@ -62,6 +63,7 @@ def write_report(results: dict, path: Path) -> Path:
         matrices=[_matrix_section(name, m, tasks) for name, m in matrices_of(results).items() if m["values"]],
         class_forgetting=_data_uri(class_forgetting) if class_forgetting is not None else None,
         retention=_retention(results),
+        answers=_answers(results, tasks),
         diagnostics=_diagnostics(results, tasks),
         timing=[(k, _fmt(v, 2)) for k, v in (results.get("timing") or {}).items()],
         environment=[(k, _fmt(v) if v is None else str(v)) for k, v in (results.get("environment") or {}).items()],
@@ -98,13 +100,62 @@ def _matrix_section(name: str, matrix: dict, tasks: list[str]) -> dict:
 
 def _retention(results: dict) -> dict | None:
     """General ability (results.json's ``retention``; in older files ``diagnostics.retention``): its
-    summary and figures, or None where not measured."""
+    summary, the matrix G of every probe (value and change from before the stream, beside its chance
+    level) and figures, or None where not measured."""
     record = results.get("retention") or (results.get("diagnostics") or {}).get("retention")
     if not record:
         return None
     summary = [(k, _fmt(record[k]), about) for k, about in RETENTION if record.get(k) is not None]
     figures = _retention_figures(record)
-    return {"summary": summary, "figures": figures} if summary or figures else None
+    probes = record.get("probes") or {}
+    table = None
+    if probes:
+        steps = ["before the stream"] + [f"after {t}" for t in results["tasks"]]
+        table = {"probes": [(name, p["about"], p["direction"]) for name, p in probes.items()],
+                 "rows": [(label, [f"{_fmt(p['values'][i])} ({p['change'][i]:+.4f})" if i else _fmt(p["values"][0])
+                                   for p in probes.values()]) for i, label in enumerate(steps)],
+                 "chance": [_fmt(p.get("chance")) for p in probes.values()],
+                 "informative": [MISSING if p.get("informative") is None else
+                                 ("yes" if p["informative"] else "no: at chance before the stream")
+                                 for p in probes.values()]}
+        figure = _tradeoff_figure(results, probes)
+        if figure:
+            figures.append(figure)
+    return {"summary": summary, "figures": figures, "g": table} if summary or figures or table else None
+
+
+def _tradeoff_figure(results: dict, probes: dict) -> dict | None:
+    """The primary matrix's mean over the tasks seen against each 0..1 probe, before the stream and after
+    each task: does what the model learns cost what it could already do?"""
+    matrices = matrices_of(results)
+    if not matrices:
+        return None
+    name, primary = next(iter(matrices.items()))
+    if primary.get("baseline") is None:
+        return None
+    x = [sum(primary["baseline"]) / len(primary["baseline"])] + _seen_means(primary["values"])
+    series = {p_name: p["values"] for p_name, p in probes.items()
+              if p["direction"] == "higher" and p.get("informative") is not False}
+    if not series:
+        return None
+    return {"title": f"Task {name} on the tasks seen (all tasks before the stream) against general ability; "
+                     "points numbered by tasks trained",
+            "uri": _data_uri(tradeoff_png(x, series, f"{name}: mean over tasks seen", "general ability",
+                                          "learning against general ability"))}
+
+
+def _answers(results: dict, tasks: list[str]) -> dict | None:
+    """The answers kept by an instruction run (each task's first few, after each task) and the share of
+    closed-set answers that map to no option; None for other runs. Text is escaped by the template."""
+    kept = results.get("predictions")
+    if not kept:
+        return None
+    steps = ["before the stream"] + [f"after {t}" for t in tasks]
+    unmatched = results.get("unmatched") or []
+    return {"steps": [(steps[i], [(task, [(p["prompt"], p["reference"], p["prediction"], _fmt(p["score"], 2))
+                                          for p in kept[i].get(task, [])]) for task in tasks])
+                      for i in range(len(kept))],
+            "unmatched": [(steps[i], [_fmt(v, 2) for v in row]) for i, row in enumerate(unmatched)]}
 
 
 def _class_forgetting(results: dict) -> bytes | None:
