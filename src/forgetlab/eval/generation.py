@@ -25,11 +25,14 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
     set replaces it, so it names every id that ends a sequence, and ``()`` none), once its decoded
     text contains one of ``stop_strings`` (its ids kept up to the token that completed it; the caller
     cuts the text), or after ``max_new_tokens``. The backbone must already be on ``device``; it is
-    run in eval mode and put back in the mode it was in."""
+    run in eval mode and put back in the mode it was in. A body under prompt tuning is refused."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("greedy_decode: every prompt needs at least one token")
+    config = getattr(backbone.model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning:
+        raise ValueError("greedy_decode: prompt tuning's virtual tokens are not decoded through the KV cache")
     limit = max_positions(backbone.model)
     longest = max((len(p) for p in prompts), default=0)
     if limit is not None and longest + max_new_tokens > limit:
@@ -86,7 +89,7 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
         if all(done):
             break
         ids = tokens.unsqueeze(-1)
-        mask = torch.cat([mask.new_ones(mask.shape), mask.new_ones((mask.size(0), 1))], dim=-1)
+        mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=-1)
         positions = positions[:, -1:] + 1
     return generated
 
