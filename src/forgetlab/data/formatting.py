@@ -108,3 +108,15 @@ class Formatter:
     def continuation(self, text: str) -> list[int]:
         """A scored answer's ids: the text and what ends the turn (as trained)."""
         return self.encode(text) + self.end
+
+
+def prompt_budget(window: int, max_new_tokens: int, positions: int | None, key: str = "data.max_new_tokens") -> int:
+    """The tokens a prompt keeps for generation: the window less the answer's room (at least half the
+    window), and never so many that prompt and answer outgrow the model's positions."""
+    budget = max(window - max_new_tokens, window // 2)
+    if positions is not None:
+        budget = min(budget, positions - max_new_tokens)
+    if budget < 1:
+        raise UserError(f"{key}: {max_new_tokens} new tokens leave no room for a prompt in the model's "
+                        f"{positions} positions")
+    return budget

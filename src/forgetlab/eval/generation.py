@@ -71,7 +71,7 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
     positions = (mask.cumsum(-1) - 1).clamp_min(0)         # a padded prompt's positions are its unpadded ones
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    key, past = _cache_keyword(backbone.model), None
+    key, past = cache_keyword(backbone.model), None
     for _ in range(max_new_tokens):
         body = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                               **{key: past})
@@ -94,7 +94,7 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
     return generated
 
 
-def _cache_keyword(model) -> str:
+def cache_keyword(model) -> str:
     """The name a model's forward takes its KV cache by, and returns it under: ``cache`` from
     transformers 5, ``past_key_values`` before (a peft wrapper passes it on to the model it wraps)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

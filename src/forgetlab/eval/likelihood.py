@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.backbones import Backbone
+from .generation import cache_keyword
 
 MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
 
@@ -34,6 +35,7 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
     was_training = backbone.training
     backbone.eval()
     per_batch = max(1, MAX_ROWS // max(len(options) for options in continuations))
+    key = cache_keyword(backbone.model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), per_batch):
@@ -42,8 +44,8 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache()
-        hidden = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                use_cache=True).last_hidden_state
+        hidden = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                **{key: cache}).last_hidden_state
         first = F.log_softmax(backbone.lm_head(hidden[:, -1]).float(), dim=-1)
         rows = [(k, c) for k, i in enumerate(idx) for c in continuations[i]]
         select = torch.tensor([k for k, _ in rows], device=device)
@@ -60,8 +62,8 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
         if width > 1:
             steps = torch.arange(1, width, device=device)
             hidden = backbone.model(input_ids=cont_ids[:, :-1], attention_mask=torch.cat([mask[select], cont_mask[:, :-1]], 1),
-                                    position_ids=positions[select][:, -1:] + steps, cache=cache,
-                                    use_cache=True).last_hidden_state
+                                    position_ids=positions[select][:, -1:] + steps, use_cache=True,
+                                    **{key: cache}).last_hidden_state
             logp = F.log_softmax(backbone.lm_head(hidden).float(), dim=-1)
             token = logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)
             scores = scores + (token * cont_mask[:, 1:]).sum(1)

@@ -233,11 +233,13 @@ class Retention:
 
     def _generated(self, backbone: Backbone, examples, metric: str, max_new: int, window: int,
                    device: torch.device) -> float:
+        from ..data.formatting import prompt_budget
         from .generation import decode_text, greedy_decode
         from .scoring import score
 
         fmt = self._format(backbone, window)
-        prompts = [fmt.prompt_ids(ex, max(window - max_new, window // 2)) for ex in examples]
+        budget = prompt_budget(window, max_new, max_positions(backbone.model), key="eval.retention.max_new_tokens")
+        prompts = [fmt.prompt_ids(ex, budget) for ex in examples]
         outs = greedy_decode(backbone, prompts, max_new, device=device, eos_ids=fmt.eos_ids)
         return sum(score(ex.metric or metric, decode_text(backbone, ids), ex.response, ex.options)
                    for ex, ids in zip(examples, outs)) / len(examples)

@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from ..config import DataConfig, HeadConfig
-from ..data.formatting import Formatter
+from ..data.formatting import Formatter, prompt_budget
 from ..data.instructions import InstructionTask, build_instruction_stream
 from ..errors import UserError
 from ..eval.generation import decode_text, greedy_decode
@@ -32,6 +32,7 @@ from ..eval.scoring import match_option, score
 from ..models.backbones import Backbone
 from ..models.causal_lm import IGNORE_INDEX
 from ..models.learner import Learner, Output
+from ..models.peft import max_positions
 from ..train.batching import Inputs
 from .base import Kind, Rows
 
@@ -110,8 +111,8 @@ class InstructionTuning(Kind):
     def prompts(self, task: InstructionTask) -> list[list[int]]:
         """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``."""
         if task.index not in self._prompts:
-            window = self.learner.backbone.max_length
-            budget = max(window - task.max_new_tokens, window // 2)
+            backbone = self.learner.backbone
+            budget = prompt_budget(backbone.max_length, task.max_new_tokens, max_positions(backbone.model))
             self._prompts[task.index] = [self.formatter.prompt_ids(ex, budget) for ex in task.test_examples]
         return self._prompts[task.index]
 
