@@ -318,3 +318,53 @@ def test_the_report_shows_answers_escaped_and_the_g_matrix(tmp_path):
     assert "&lt;b&gt;yes&lt;/b&gt;" in page and "<b>yes</b>" not in page
     qa = run.raw["retention"]["probes"]["qa_accuracy"]
     assert "The matrix G" in page and f"{qa['values'][1]:.4f} ({qa['change'][1]:+.4f})" in page
+
+
+# -- packing -------------------------------------------------------------------------------------
+def test_pack_by_hand():
+    from forgetlab.train.batching import pack
+
+    out = pack([[5, 6, 7], [8, 9], [10, 11, 12, 13]], [[-100, 6, 7], [8, 9], [-100, -100, 12, 13]], length=5, pad_id=0)
+    assert out["input_ids"].tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, 13, 0]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
+    assert out["targets"].tolist() == [[-100, 6, 7, -100, 9], [-100, -100, 12, 13, -100]]
+    mask = out["attention_mask"][0, 0].int().tolist()
+    assert mask[3] == [0, 0, 0, 1, 0] and mask[4] == [0, 0, 0, 1, 1] and mask[2] == [1, 1, 1, 0, 0]
+    assert out["attention_mask"][1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]         # padding sees itself only
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_packed_batch_has_the_loss_of_the_padded_one(tmp_path, arch):
+    from forgetlab.kinds.instruction import ResponseModel
+    from forgetlab.train.batching import Inputs, make_batch
+
+    torch.manual_seed(0)
+    backbone = (build_backbone(BackboneConfig(arch="gpt2", size="nano", max_length=64)) if arch == "gpt2"
+                else tiny_llama_backbone(tmp_path)).eval()
+    fmt = Formatter(backbone.tokenizer, "{prompt}=", 64)
+    encoded = [fmt.example(Instruction(p, r)) for p, r in (("red cat", "animal"), ("ice", "cold"), ("a b c d", "e"))]
+    inputs = Inputs(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), torch.arange(3),
+                    tokens=[e.input_ids for e in encoded], targets=[e.labels for e in encoded])
+    model = ResponseModel(backbone)
+    padded = model(make_batch(inputs, torch.arange(3), backbone.pad_id, torch.device("cpu")))
+    packed_batch = make_batch(inputs, torch.arange(3), backbone.pad_id, torch.device("cpu"), pack_length=64)
+    packed = model(packed_batch)
+    assert packed_batch["input_ids"].size(0) == 1                     # all three in one row
+    assert packed.targets.tolist() == padded.targets.tolist()
+    torch.testing.assert_close(packed.logits, padded.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_accumulation_bf16_checkpointing_and_packing_together(tmp_path):
+    cfg = instruction_config(tmp_path, train={"epochs": 1, "batch_size": 4, "grad_accum": 2, "precision": "bf16",
+                                              "gradient_checkpointing": True, "packing": True})
+    raw = forgetlab.run(cfg, out=tmp_path / "run").raw
+    # 29 training examples a task (a file's last tenth is its test set) at batch 4: 8 batches, 2 a step
+    assert [log["steps"] for log in raw["task_log"]] == [4, 4] and [log["examples"] for log in raw["task_log"]] == [29, 29]
+    assert np.isfinite([log["loss"] for log in raw["task_log"]]).all()
+
+
+def test_packing_is_refused_where_a_kind_cannot_pack(tmp_path):
+    from conftest import tiny_config
+
+    with pytest.raises(UserError, match="train.packing: packs prompt -> response examples; not available on classification"):
+        forgetlab.run(tiny_config(train={"packing": True}), out=tmp_path / "run")

@@ -56,6 +56,8 @@ class Engine:
             usable = sorted(n for n, m in REGISTRY.items() if supports(m, kind_cls.name))
             raise UserError(f"method.name: {method_cls.name} does not support {kind_cls.name} streams "
                             f"(data.scenario: {cfg.data.scenario}); use one of {', '.join(usable)}")
+        if cfg.train.packing and not kind_cls.packs:
+            raise UserError(f"train.packing: packs prompt -> response examples; not available on {kind_cls.name} streams")
         self.kind = kind_cls(cfg, self.device)
         self.stream = self.kind.stream
         method_cfg = method_cls.Config.model_validate(cfg.method)

@@ -32,6 +32,7 @@ class Kind:
     scenarios: ClassVar[tuple[str, ...]]          # the ``data.scenario`` values this kind serves
     Data: ClassVar[type[DataConfig]]              # its data section
     matrices: ClassVar[dict[str, tuple[str, str]]]  # name -> (metric key, "higher" | "lower")
+    packs: ClassVar[bool] = False                 # whether its learner takes packed rows (``train.packing``)
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device

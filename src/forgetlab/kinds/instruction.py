@@ -59,7 +59,7 @@ class ResponseModel(Learner):
     token takes a loss, and those tokens as targets (the output layer runs on those positions only)."""
 
     def forward(self, batch: dict) -> Output:
-        hidden = self.backbone.hidden_states(batch["input_ids"], batch["attention_mask"])
+        hidden = self.backbone.hidden_states(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         targets = batch["targets"][:, 1:]
         scored = targets != IGNORE_INDEX
         return Output(self.backbone.lm_head(hidden[:, :-1][scored]), None, targets[scored])
@@ -70,6 +70,7 @@ class InstructionTuning(Kind):
     scenarios = ("instruction",)
     Data = InstructionData
     matrices = {"generated": ("score", "higher"), "likelihood": ("likelihood", "higher")}
+    packs = True
 
     def __init__(self, cfg, device):
         for key in CLASSIFICATION_EVAL:

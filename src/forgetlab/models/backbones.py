@@ -73,9 +73,12 @@ class Backbone(nn.Module):
             raise UserError(f"backbone: {self.source} is an encoder; next-token logits need a causal LM")
         return self.lm_head(self.hidden_states(input_ids, attention_mask))
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The last layer's hidden states [B, L, dim], one per input token."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's hidden states [B, L, dim], one per input token (packed rows pass their
+        4D mask and positions)."""
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return hidden[:, hidden.size(1) - input_ids.size(1):]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

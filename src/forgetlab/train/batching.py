@@ -54,9 +54,16 @@ def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.device) -> dict:
+def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.device,
+               pack_length: int | None = None) -> dict:
+    """The examples ``idx`` as a padded batch (``pack_length``: packed into rows, see ``pack``)."""
     batch = {"labels": inputs.labels[idx].to(device), "task_ids": inputs.task_ids[idx].to(device),
              "example_ids": inputs.example_ids[idx], "index": idx}
+    if pack_length and inputs.tokens is not None and inputs.targets is not None:
+        rows = idx.tolist()
+        packed = pack([inputs.tokens[i] for i in rows], [inputs.targets[i] for i in rows], pack_length, pad_id)
+        batch.update({k: v.to(device) for k, v in packed.items()})
+        return batch
     if inputs.features is not None:
         batch["features"] = inputs.features[idx].to(device)
     else:
@@ -66,6 +73,40 @@ def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.dev
         targets, _ = pad([inputs.targets[i] for i in idx.tolist()], IGNORE_INDEX)
         batch["targets"] = targets.to(device)
     return batch
+
+
+def pack(tokens: list[list[int]], targets: list[list[int]], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Examples packed in order into as few rows of at most ``length`` tokens as they fit (first fit),
+    with a block-diagonal causal mask [R, 1, L, L] so that no example attends to another, positions
+    restarting at 0 for each example, and each example's first target ignored (unpacked, a row's first
+    token is never predicted either). Padding attends to itself only."""
+    rows: list[list[int]] = []
+    for i, t in enumerate(tokens):
+        row = next((r for r in rows if sum(len(tokens[j]) for j in r) + len(t) <= length), None)
+        if row is None:
+            rows.append([i])
+        else:
+            row.append(i)
+    width = max(sum(len(tokens[j]) for j in r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        start = 0
+        for j in members:
+            n = len(tokens[j])
+            ids[r, start: start + n] = torch.tensor(tokens[j])
+            labels[r, start: start + n] = torch.tensor(targets[j])
+            labels[r, start] = IGNORE_INDEX
+            positions[r, start: start + n] = torch.arange(n)
+            segment[r, start: start + n] = j
+            start += n
+    same = segment[:, :, None] == segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    own = torch.eye(width, dtype=torch.bool)
+    mask = ((same & (segment[:, :, None] >= 0)) | own) & causal
+    return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": positions, "targets": labels}
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator,

@@ -46,7 +46,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps), shuffled by ``seed``;
     with ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``). An
     optimizer step averages the losses of ``cfg.grad_accum`` batches; ``cfg.precision: bf16`` runs the
-    forward under bf16 autocast."""
+    forward under bf16 autocast; ``cfg.packing`` packs each batch's examples into as few rows as fit."""
     optimizer = make_optimizer(method, cfg)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
@@ -70,7 +70,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
             for idx in epoch_batches(n, cfg.batch_size, generator, lengths):
                 if step == total:
                     break
-                batch = make_batch(inputs, idx, pad_id, device)
+                batch = make_batch(inputs, idx, pad_id, device, pack_length=learner.backbone.max_length if cfg.packing else None)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                     loss = method.loss(batch, learner(batch))
                 (loss / cfg.grad_accum).backward()
