@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.backbones import Backbone
+from ..models.peft import max_positions
 from .generation import cache_keyword
 
 MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
@@ -36,6 +37,7 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
     backbone.eval()
     per_batch = max(1, MAX_ROWS // max(len(options) for options in continuations))
     key = cache_keyword(backbone.model)
+    limit = max_positions(backbone.model) or 1 << 30
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), per_batch):
@@ -61,8 +63,10 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
         scores = first[select].gather(1, cont_ids[:, :1]).squeeze(1)
         if width > 1:
             steps = torch.arange(1, width, device=device)
+            # a shorter continuation's padding may run past the model's positions: its ids are never scored
+            cont_positions = (positions[select][:, -1:] + steps).clamp_max(limit - 1)
             hidden = backbone.model(input_ids=cont_ids[:, :-1], attention_mask=torch.cat([mask[select], cont_mask[:, :-1]], 1),
-                                    position_ids=positions[select][:, -1:] + steps, use_cache=True,
+                                    position_ids=cont_positions, use_cache=True,
                                     **{key: cache}).last_hidden_state
             logp = F.log_softmax(backbone.lm_head(hidden).float(), dim=-1)
             token = logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)

@@ -115,12 +115,26 @@ def choice_logprobs(backbone: Backbone, context: str, choices: list[str], window
 
 def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torch.device) -> float:
     """Zero-shot accuracy: the choice with the highest summed log-probability is the answer."""
-    right = 0
-    for item in items:
-        context = f"Question: {item['question']}\nAnswer:"
-        scores = choice_logprobs(backbone, context, item["choices"], window, device)
-        right += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
-    return right / len(items)
+    return _choice_accuracy(backbone, [f"Question: {item['question']}\nAnswer:" for item in items],
+                            [item["choices"] for item in items], [item["answer"] for item in items], window, device)
+
+
+def _choice_accuracy(backbone: Backbone, contexts: list[str], choices: list[list[str]], answers: list[int],
+                     window: int, device: torch.device) -> float:
+    """How often the likeliest choice (" " + choice after the context, tokenized apart; the context cut
+    from the left to fit the window) is the answer; prompts batched with their KV cache shared."""
+    from .likelihood import continuation_logprobs
+
+    prefix = len(backbone.tokenize([""])[0])
+    conts = [[t[prefix:] for t in backbone.tokenize([" " + c for c in options], max_length=window)] for options in choices]
+    prompts = []
+    for context, options in zip(contexts, conts):
+        ids = backbone.tokenize([context], max_length=10_000)[0]
+        keep = max(1, window - max(len(c) for c in options))
+        prompts.append(ids[:prefix] + ids[prefix:][-(keep - prefix):] if keep > prefix else ids[-keep:])
+    scores = continuation_logprobs(backbone, prompts, conts, device)
+    right = sum(int(max(range(len(s)), key=s.__getitem__) == answer) for s, answer in zip(scores, answers))
+    return right / len(answers)
 
 
 def boolq_items(limit: int) -> list[dict]:
@@ -140,9 +154,8 @@ def boolq_items(limit: int) -> list[dict]:
 
 def boolq_accuracy(backbone: Backbone, items: list[dict], window: int, device: torch.device) -> float:
     """The likelier of " no" / " yes" after the passage and question is the answer."""
-    right = sum(int(max(range(2), key=choice_logprobs(backbone, it["context"], ["no", "yes"], window, device).__getitem__)
-                    == it["answer"]) for it in items)
-    return right / len(items)
+    return _choice_accuracy(backbone, [it["context"] for it in items], [["no", "yes"]] * len(items),
+                            [it["answer"] for it in items], window, device)
 
 
 def chance_levels(qa: list[dict] | None, boolq: list[dict] | None, held_out) -> dict[str, float | None]:
