@@ -14,7 +14,7 @@ import yaml
 
 import forgetlab
 from forgetlab.config import BackboneConfig
-from forgetlab.data.formatting import PLAIN, Formatter
+from forgetlab.models.formatting import PLAIN, Formatter
 from forgetlab.data.instructions import BENCHMARKS, Instruction, build_instruction_stream, load_task, read_instructions
 from forgetlab.errors import UserError
 from forgetlab.eval.likelihood import continuation_logprobs

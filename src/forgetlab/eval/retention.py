@@ -238,7 +238,7 @@ class Retention:
         return row
 
     def _format(self, backbone: Backbone, window: int):
-        from ..data.formatting import Formatter
+        from ..models.formatting import Formatter
 
         if self.formatter is None:
             self.formatter = Formatter(backbone.tokenizer, self.cfg.template, window, key="eval.retention.template")
@@ -246,7 +246,7 @@ class Retention:
 
     def _generated(self, backbone: Backbone, examples, metric: str, max_new: int, window: int,
                    device: torch.device) -> float:
-        from ..data.formatting import prompt_budget
+        from ..models.formatting import prompt_budget
         from .generation import decode_text, greedy_decode
         from .scoring import score
 

@@ -1,7 +1,7 @@
 """Instruction tuning: a causal LM fine-tuned on prompt -> response tasks, one after another.
 
 Examples are rendered with the tokenizer's chat template (or a plain one, ``data.template``) and
-trained with the loss on response tokens only (``data/formatting.py``). After each task every task's
+trained with the loss on response tokens only (``models/formatting.py``). After each task every task's
 test examples are answered twice:
 
 - ``generated``: greedy decoding (batched, KV cache, stops at end of turn or ``max_new_tokens``),
@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from ..config import DataConfig, HeadConfig
-from ..data.formatting import Formatter, prompt_budget
+from ..models.formatting import Formatter, prompt_budget
 from ..data.instructions import InstructionTask, build_instruction_stream
 from ..errors import UserError
 from ..eval.generation import decode_text, greedy_decode

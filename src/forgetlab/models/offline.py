@@ -18,7 +18,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..data.sources import cache_dir
 
 MINILM = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 SMOLLM2 = ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")
@@ -83,6 +82,8 @@ def converted_smollm2(gguf: Path) -> Path:
     Converted once (~20 s), into a temporary folder renamed into place, so no reader sees half a folder."""
     stat = gguf.stat()
     sha256 = _sha256(str(gguf), stat.st_size, stat.st_mtime_ns)
+    from ..data.sources import cache_dir      # data builds on models: imported when called
+
     target = cache_dir() / "models" / f"{SMOLLM2[1]}-{sha256[:16]}"
     if (target / RECORD).is_file():
         return target

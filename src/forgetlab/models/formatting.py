@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.instructions import Instruction
 from ..errors import UserError
-from ..models.causal_lm import IGNORE_INDEX
-from ..models.tokenizer import ByteTokenizer
-from .instructions import Instruction
+from .causal_lm import IGNORE_INDEX
+from .tokenizer import ByteTokenizer
 
 TEMPLATES = ("auto", "chat", "plain")
 PLAIN = "### Instruction:\n{prompt}\n\n### Response:\n"
