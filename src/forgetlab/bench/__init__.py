@@ -8,6 +8,8 @@ the same process and run, so a busy shared machine slows both alike.
 - ``memory``: peak memory at 5, 10 and 15 tasks (linear at most)
 - ``optimisations``: each optimisation on against off
 - ``incumbents``: forgetlab against sequential fine-tuning with the Hugging Face Trainer (≥ 1.5× faster)
+- ``sft``: instruction tuning against TRL's ``SFTTrainer`` (completion-only loss) on the same ids, batches and
+  weights: seconds per step, TRL / forgetlab (≥ 1.0), and the first step's losses equal to 1e-4
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 
 from ..runtime import environment
 
-BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents")
+BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents", "sft")
 
 
 def benchmark(name: str) -> Callable[..., dict]:
