@@ -16,7 +16,7 @@ What makes the comparison fair:
 - the same optimisation: fused AdamW over every parameter at ``train.lr_backbone`` with
   ``train.weight_decay`` (the optimizer is handed to TRL, since Trainer's own would spare biases and
   norms from decay), constant learning rate, no warm-up, clipping at ``train.grad_clip``; TRL's
-  gradient checkpointing and bf16 (SFTConfig's defaults) off, as forgetlab trains by default.
+  activation (gradient) checkpointing and bf16 (SFTConfig's defaults) off, as forgetlab trains by default.
 
 Timed: the training call alone (forgetlab's ``train_task``, TRL's ``trainer.train()``; loading the
 model, tokenizing and building the trainer are not), the sides alternating over the rounds after
@@ -194,7 +194,7 @@ def compare(cfg, rounds: int, workdir: str, name: str) -> dict:
                          learning_rate=train.lr_backbone, weight_decay=train.weight_decay,
                          max_grad_norm=train.grad_clip or 0.0, lr_scheduler_type="constant", warmup_steps=0,
                          train_sampling_strategy="sequential", completion_only_loss=True, max_length=None,
-                         gradient_checkpointing=False, bf16=False, use_cpu=device.type == "cpu", seed=cfg.seed,
+                         activation_checkpointing=False, bf16=False, use_cpu=device.type == "cpu", seed=cfg.seed,
                          report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True)
         trainer = RecordingSFTTrainer(model=lm, args=args, train_dataset=dataset,
                                       processing_class=learner.backbone.tokenizer, optimizers=(optimizer, None))
@@ -238,10 +238,10 @@ def compare(cfg, rounds: int, workdir: str, name: str) -> dict:
                        f"{tokens:.0f} tokens per padded batch ({sum(scored) / len(scored):.0f} scored), {device.type}; "
                        f"against TRL SFTTrainer (completion-only loss); first-step losses differ by {diff:.1e}",
             "notes": [
-                "times: the training call alone, fastest of the alternating rounds after one untimed run of each "
-                "side, divided by the steps (the first step counted on both sides)",
-                "forgetlab runs the output layer at response positions only; TRL 1.16's fused LM head does so on "
-                "CUDA (Triton) but scores every position (in chunks) elsewhere, and also computes entropy and "
-                "top-1 accuracy every step",
-                "same ids, batches (forgetlab's draw, fed to TRL in order), weights, fused AdamW, constant lr, "
-                "clipping; max_weight_difference: the largest gap between the two sides' final weights"]}
+                ("times: the training call alone, fastest of the alternating rounds after one untimed run of each "
+                 "side, divided by the steps (the first step counted on both sides)"),
+                ("forgetlab runs the output layer at response positions only; TRL 1.16's fused LM head does so on "
+                 "CUDA (Triton) but scores every position (in chunks) elsewhere, and also computes entropy and "
+                 "top-1 accuracy every step"),
+                ("same ids, batches (forgetlab's draw, fed to TRL in order), weights, fused AdamW, constant lr, "
+                 "clipping; max_weight_difference: the largest gap between the two sides' final weights")]}
