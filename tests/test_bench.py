@@ -6,7 +6,7 @@ import json
 import pytest
 from test_cli import cli
 
-from forgetlab.bench import loop, methods, mfu
+from forgetlab.bench import loop, methods, mfu, sft
 from forgetlab.bench.common import interleaved
 from forgetlab.models.lm_families import gpt2_params
 
@@ -22,6 +22,17 @@ def test_engine_loop_and_plain_loop_end_at_identical_weights():
     result = loop.run(quick=True, rounds=1)
     assert result["max_weight_difference"] == 0.0          # same batches, same steps: the same work
     assert result["steps"] == 5 and result["figure"] > 0
+
+
+def test_sft_bench_gives_trl_forgetlabs_ids_and_batches_so_both_take_the_same_steps():
+    """A 2-layer Llama of width 64 with a small BPE, 2 steps of 2 agnews instructions: the first
+    step's losses agree to 1e-4, and so do the second's, since both updates are the same."""
+    pytest.importorskip("trl")
+    result = sft.run(tokenizer="bpe", hidden=64, layers=2, steps=2, batch_size=2, rounds=1)
+    assert result["loss_equal"] and result["first_step_loss_diff"] <= 1e-4
+    assert result["losses"]["forgetlab"] == pytest.approx(result["losses"]["trl"], abs=1e-4)
+    assert result["max_weight_difference"] < 1e-5
+    assert result["steps"] == 2 and result["trl_s_per_step"] > 0 and result["forgetlab_s_per_step"] > 0
 
 
 def test_mfu_counts_the_parameters_of_the_gpt2_it_times():

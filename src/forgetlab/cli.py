@@ -251,7 +251,7 @@ def infer(model: str = typer.Option(..., "--model", help="a causal LM: a local f
 
 @app.command()
 def bench(only: list[str] = typer.Option([], "--only", help="run only these benchmarks (repeatable): "
-                                         "loop, frozen, mfu, methods, memory, optimisations, incumbents, decode"),
+                                         "loop, frozen, mfu, methods, memory, optimisations, incumbents, decode, sft"),
           quick: bool = typer.Option(False, "--quick", help="tiny settings: checks the machinery, not the speed"),
           out_file: Path = typer.Option(Path("runs/bench.json"), "--out", help="JSON file for every figure")):
     """The performance benchmarks: each figure a ratio against a baseline measured in the same run."""

@@ -9,6 +9,8 @@ the same process and run, so a busy shared machine slows both alike.
 - ``optimisations``: each optimisation on against off
 - ``incumbents``: forgetlab against sequential fine-tuning with the Hugging Face Trainer (≥ 1.5× faster)
 - ``decode``: batched greedy decoding over one prompt at a time (speedup reported; outputs identical)
+- ``sft``: instruction tuning against TRL's ``SFTTrainer`` (completion-only loss) on the same ids, batches and
+  weights: seconds per step, TRL / forgetlab (≥ 1.0), and the first step's losses equal to 1e-4
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 
 from ..runtime import environment
 
-BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents", "decode")
+BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents", "decode", "sft")
 
 
 def benchmark(name: str) -> Callable[..., dict]:
