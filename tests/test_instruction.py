@@ -374,13 +374,17 @@ def test_packing_is_refused_where_a_kind_cannot_pack(tmp_path):
 INSTRUCTION_METHODS = [{"name": "seq"}, {"name": "freeze", "layers": 0}, {"name": "lora", "r": 4, "lr": 1e-2},
                        {"name": "lora", "per_task": True, "lr": 1e-2}, {"name": "replay", "replay": {"size": 8}},
                        {"name": "replay", "replay": {"size": 8}, "general": "wikitext2", "general_tokens": 512},
-                       {"name": "ewc", "fisher_examples": 8}, {"name": "mas"}, {"name": "lwf"}, {"name": "joint"}]
+                       {"name": "ewc", "fisher_examples": 8}, {"name": "mas"}, {"name": "lwf"}, {"name": "joint"},
+                       {"name": "generative_replay", "ratio": 0.25}]
 
 
 @pytest.mark.parametrize("method", INSTRUCTION_METHODS, ids=lambda m: "-".join(f"{v}" for v in m.values()))
 def test_every_method_that_claims_the_kind_trains_on_it(tmp_path, method):
     raw = forgetlab.run(instruction_config(tmp_path, method=method, train={"epochs": 1}), out=tmp_path / "run").raw
     steps = [4, 8] if method["name"] == "joint" else [4, 4]          # 29 examples at batch 8; joint: 58 on task 2
+    if method["name"] == "generative_replay":                        # up to 7 pseudo-examples join task 2
+        assert raw["task_log"][1]["examples"] in range(29, 37)
+        steps = [4, raw["task_log"][1]["steps"]]
     assert raw["status"] == "completed" and [log["steps"] for log in raw["task_log"]] == steps
     assert np.isfinite([log["loss"] for log in raw["task_log"]]).all()
 
@@ -390,7 +394,7 @@ def test_the_claims_are_the_issues_list():
     from forgetlab.methods import REGISTRY
 
     claimed = sorted(n for n, m in REGISTRY.items() if supports(m, "instruction") and not n.startswith("test_"))
-    assert claimed == sorted({"seq", "freeze", "lora", "replay", "ewc", "mas", "lwf", "joint"})
+    assert claimed == sorted({"seq", "freeze", "lora", "replay", "ewc", "mas", "lwf", "generative_replay", "joint"})
 
 
 def test_lwf_distils_the_previous_models_next_token_distribution():
@@ -401,3 +405,36 @@ def test_lwf_distils_the_previous_models_next_token_distribution():
     p = torch.softmax(student, -1)[0]
     expected = sum((1 / 3) * (math.log(1 / 3) - math.log(float(q))) for q in p)
     assert float(distillation_loss(student, teacher, 1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_shared_instruction_of_a_tasks_prompts():
+    from forgetlab.methods.components.pseudo_instructions import shared_instruction
+
+    prompts = ["red cat.\n\nWhat is it? Choose one of: a, b.", "a dog.\n\nWhat is it? Choose one of: a, b."]
+    assert shared_instruction(prompts) == ("\n\nWhat is it? Choose one of: a, b.", "suffix")
+    assert shared_instruction(["Translate to French: cat", "Translate to French: the dog"]) == ("Translate to French: ", "prefix")
+    assert shared_instruction(["abc", "xyz"]) == ("", "none")
+
+
+def test_generative_replay_writes_pseudo_examples_of_old_tasks_from_their_instruction(tmp_path):
+    from forgetlab.engine import Engine
+
+    sequence = []
+    for name, question, answers in (("kinds", "colour or animal?", ["colour", "animal"]), ("temps", "hot or cold?", ["hot", "cold"])):
+        path = tmp_path / f"{name}.jsonl"        # free answers: every non-empty answer is kept
+        path.write_text("".join(json.dumps({"prompt": f"{w} {question}", "response": a}) + "\n"
+                                for a in answers for w in WORDS[a] * 4))
+        sequence.append(str(path))
+    cfg = load_config(instruction_config(tmp_path, data={"sequence": sequence}, method={"name": "generative_replay"}))
+    engine = Engine(cfg)
+    engine.kind.start(engine.method, tmp_path)
+    first, second = engine.stream.tasks
+    writer = engine.method.writer
+    assert writer.instructions == [(" colour or animal?", "suffix"), (" hot or cold?", "suffix")]
+    pseudo = writer.examples(first, 6)
+    assert 1 <= len(pseudo) <= 6 and all(ex.options is None and ex.response for ex in pseudo)
+    assert all(ex.prompt.endswith(" colour or animal?") and len(ex.prompt) > len(" colour or animal?") for ex in pseudo)
+    # before the second task: round(0.2 * 22) = 4 pseudo-examples of the first join its training set
+    data = engine.method.training_inputs(second, engine.stream.tasks)
+    assert len(data) == len(second.train_examples) + len(engine.method.pseudo) and len(engine.method.pseudo) <= 4
+    assert set(engine.method.pseudo.task_ids.tolist()) == {0} and set(engine.method.pseudo.example_ids.tolist()) == {-1}

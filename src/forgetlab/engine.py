@@ -65,7 +65,7 @@ class Engine:
         if cfg.eval.retention and not backbone.causal:
             raise UserError(f"eval.retention: measures a causal LM's general ability; {backbone.source} is an encoder")
         self.learner = self.kind.build_learner(backbone, method_cls.head_config(method_cfg, cfg.head))
-        ctx = Context(self.stream, self.kind.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed)
+        ctx = Context(self.stream, self.kind.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed, self.kind)
         self.method: Method = method_cls(method_cfg, self.learner, ctx)
         self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
         self.retention = Retention(cfg.eval.retention) if cfg.eval.retention else None

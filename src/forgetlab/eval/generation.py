@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..models.peft import max_positions
 
 
+@dataclass
+class Sampling:
+    """Sample each token from the top ``top_k`` logits at ``temperature`` instead of taking the argmax."""
+    temperature: float
+    top_k: int
+    generator: torch.Generator
+
+
 def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, device: torch.device,
                   batch_size: int = 32, stop_strings: Sequence[str] = (),
-                  eos_ids: Collection[int] | None = None) -> list[list[int]]:
-    """The greedily generated token ids of each prompt, in the order given (an end id not included).
+                  eos_ids: Collection[int] | None = None, sampling: Sampling | None = None) -> list[list[int]]:
+    """The greedily generated token ids of each prompt, in the order given (an end id not included);
+    with ``sampling``, sampled instead (top-k at a temperature, from its generator).
 
     A sequence ends at one of ``eos_ids`` (default: the tokenizer's ``eos_token_id``; a caller's own
     set replaces it, so it names every id that ends a sequence, and ``()`` none), once its decoded
@@ -50,7 +60,7 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
             for start in range(0, len(order), batch_size):
                 chunk = order[start: start + batch_size]
                 generated = _decode_batch(backbone, [prompts[i] for i in chunk], max_new_tokens, device,
-                                          stop_strings, set(eos_ids))
+                                          stop_strings, set(eos_ids), sampling)
                 for i, ids in zip(chunk, generated):
                     out[i] = ids
     finally:
@@ -59,7 +69,7 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
 
 
 def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, device: torch.device,
-                  stop_strings: Sequence[str], eos_ids: set[int]) -> list[list[int]]:
+                  stop_strings: Sequence[str], eos_ids: set[int], sampling: Sampling | None = None) -> list[list[int]]:
     """One left-padded batch: the prompt in one forward pass, then one token per step off the cache."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), backbone.pad_id, dtype=torch.long)
@@ -76,7 +86,8 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
         body = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                               **{key: past})
         past = body[key]
-        tokens = backbone.lm_head(body.last_hidden_state[:, -1]).argmax(-1)
+        logits = backbone.lm_head(body.last_hidden_state[:, -1])
+        tokens = logits.argmax(-1) if sampling is None else _sample(logits, sampling)
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
                 continue
@@ -92,6 +103,12 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
         mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=-1)
         positions = positions[:, -1:] + 1
     return generated
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    top = (logits.float() / sampling.temperature).topk(min(sampling.top_k, logits.size(-1)))
+    draw = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=sampling.generator).to(logits.device)
+    return top.indices.gather(1, draw).squeeze(1)
 
 
 def cache_keyword(model) -> str:

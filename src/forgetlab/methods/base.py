@@ -42,6 +42,7 @@ class Context:
     pad_id: int
     train: TrainConfig
     seed: int = 0
+    kind: object | None = None                 # the run's task kind (kinds/), for kind-specific services
 
     def batch(self, inputs: Inputs) -> dict:
         return make_batch(inputs, torch.arange(len(inputs)), self.pad_id, self.device)

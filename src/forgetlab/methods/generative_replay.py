@@ -7,6 +7,10 @@ samples ``ratio`` (LAMOL: 0.2) times the new task's size of pseudo-examples of t
 (top-k sampling, split evenly among them), labels each with the current classifier restricted to
 its task's classes (as deep generative replay labels with the old solver, Shin et al., 2017),
 and trains on them with the new data. The LM head is the model's output layer.
+
+On an instruction stream the model is an instruction follower and there is no classifier to label
+with: the pseudo-examples of each old task are written by the model from the task's instruction, and
+answered by it (``components/pseudo_instructions.py``), with no language-modelling loss added.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from pydantic import Field
 from ..errors import UserError
 from ..models.causal_lm import IGNORE_INDEX, lm_labels, token_nll
 from ..models.peft import max_positions
+from ..models.learner import Classifier
 from ..train.batching import Inputs, pad
 from .base import Method, MethodConfig
+from .components.pseudo_instructions import PseudoInstructions
 
 
 class GenerativeReplayConfig(MethodConfig):
@@ -29,7 +35,7 @@ class GenerativeReplayConfig(MethodConfig):
 
 class GenerativeReplay(Method):
     name = "generative_replay"
-    kinds = frozenset({"classification"})
+    kinds = frozenset({"classification", "instruction"})
     Config = GenerativeReplayConfig
 
     def __init__(self, cfg, learner, ctx):
@@ -44,6 +50,8 @@ class GenerativeReplay(Method):
         self.unsampled = sorted({*self.special_prefix, ctx.pad_id} - {self.eos})     # never written in a text
         self.positions = max_positions(backbone.model) or 1_000_000      # the model's longest sequence
         self.pseudo: Inputs | None = None
+        self.writer = None if isinstance(learner, Classifier) else PseudoInstructions(
+            ctx.kind, learner, ctx.device, cfg.top_k, cfg.temperature, ctx.seed)
 
     # -- the language model ------------------------------------------------------------------
     def lm_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,6 +74,8 @@ class GenerativeReplay(Method):
         return nll.sum() / predicted.sum()
 
     def loss(self, batch, out):
+        if self.writer is not None:
+            return super().loss(batch, out)
         return super().loss(batch, out) + self.cfg.lm_weight * self.lm_loss(batch)
 
     @torch.no_grad()
@@ -92,11 +102,17 @@ class GenerativeReplay(Method):
         return out
 
     def pseudo_examples(self, task) -> Inputs | None:
-        """Pseudo-examples of every task before ``task``, labelled by the current classifier."""
+        """Pseudo-examples of every task before ``task``, labelled by the current classifier (on an
+        instruction stream: written and answered by the model from each task's instruction)."""
         old = self.ctx.stream.tasks[: task.index]
         total = round(self.cfg.ratio * len(task.train_labels))
         if not old or total == 0:
             return None
+        if self.writer is not None:
+            parts = [self.writer.inputs(t, total // len(old) + (1 if k < total % len(old) else 0))
+                     for k, t in enumerate(old)]
+            parts = [p for p in parts if p is not None]
+            return Inputs.concat(parts) if parts else None
         was_training = self.learner.training
         self.learner.eval()
         parts = []
