@@ -15,12 +15,16 @@ from scipy import stats
 from ..config import REPLICATE_PATHS
 from ..errors import UserError
 from ..eval.metrics import intransigence
+from ..eval.retention import PROBES
 from .matrices import LOG_SCALE, STEMS, SUMMARY_STEMS, column_title, matrices_of, ordered, split_key
 
 # The columns after the metrics: (key path in results.json, column title, digits); "a - b" is a difference
 # of two paths. Train time is the run's wall time less evaluation: training plus the methods' own work
 # between tasks (a Fisher estimate, pseudo-example generation, filling a memory).
 RETENTION_COLUMN = ("retention.perplexity_ratio", "general ppl after/before", 3)
+# General ability's change over the stream (the last row of G less its first), one column per probe.
+PROBE_COLUMNS = tuple((f"retention.probes.{name}.change.-1", f"Δ {name.replace('_', ' ')}", 2 if direction == "lower" else 4)
+                      for name, (direction, _) in PROBES.items())
 RESOURCE_COLUMNS = (
     ("timing.total_s - timing.eval_s", "train s", 1),
     ("resources.peak_rss_mib", "peak RSS MiB", 0),
@@ -67,13 +71,16 @@ def _metric(run: dict, key: str) -> Any:
 
 def columns_for(runs: list[dict]) -> tuple:
     """The table's columns: the metrics of ``metric_keys`` (2 decimals where a value reaches 10, else 4),
-    the general-ability perplexity ratio where a run has one, train time and peak memory."""
+    the general-ability perplexity ratio and each other probe's change over the stream where a run has
+    one, train time and peak memory."""
     columns = []
     for key in metric_keys(runs):
         large = any(abs(_metric(r, key) or 0.0) >= 10 for r in runs)
         columns.append((f"metrics.{key}", column_title(key), 2 if large else 4))
     if any(lookup(r, RETENTION_COLUMN[0]) is not None for r in runs):
         columns.append(RETENTION_COLUMN)
+    columns += [c for c in PROBE_COLUMNS if c[0] != "retention.probes.perplexity.change.-1"
+                and any(lookup(r, c[0]) is not None for r in runs)]
     return tuple(columns) + RESOURCE_COLUMNS
 
 
