@@ -221,6 +221,7 @@ def instruction_config(tmp_path, **sections) -> dict:
 def test_a_tiny_gpt_through_a_two_task_instruction_stream(tmp_path):
     raw = forgetlab.run(instruction_config(tmp_path), out=tmp_path / "run").raw
     assert raw["kind"] == "instruction" and raw["tasks"] == ["kinds", "temps"]
+    assert raw["environment"]["seed"] == 0 and raw["config"]["data"]["template"] == "{prompt}="
     G, L = np.array(raw["matrices"]["generated"]["values"]), np.array(raw["matrices"]["likelihood"]["values"])
     assert G.shape == L.shape == (2, 2) and ((0 <= G) & (G <= 1)).all() and ((0 <= L) & (L <= 1)).all()
     before = raw["matrices"]["generated"]["baseline"]
@@ -273,17 +274,19 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, change, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_a_line_without_response_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("line, message", [('{"prompt": "red colour or animal?"}', "no 'response' (or TRACE's 'answer')"),
+                                           ('{"prompt": "", "response": "colour"}', "empty 'prompt'")])
+def test_a_bad_line_is_one_line_and_exit_2(tmp_path, line, message):
     cfg = instruction_config(tmp_path)
     bad = tmp_path / "tasks" / "kinds.jsonl"
     rows = bad.read_text().splitlines()
-    rows[4] = '{"prompt": "red colour or animal?"}'
+    rows[4] = line
     bad.write_text("\n".join(rows) + "\n")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "forgetlab.cli", "run", str(path), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {bad}:5: no 'response' (or TRACE's 'answer')"
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {bad}:5: {message}"
     assert not (tmp_path / "r" / "results.json").exists()
 
 
@@ -438,3 +441,11 @@ def test_generative_replay_writes_pseudo_examples_of_old_tasks_from_their_instru
     data = engine.method.training_inputs(second, engine.stream.tasks)
     assert len(data) == len(second.train_examples) + len(engine.method.pseudo) and len(engine.method.pseudo) <= 4
     assert set(engine.method.pseudo.task_ids.tolist()) == {0} and set(engine.method.pseudo.example_ids.tolist()) == {-1}
+
+
+def test_stop_strings_end_and_cut_answers(tmp_path):
+    """Trained to answer "colour"/"animal", with stop "o" every answer that has an "o" is cut before it."""
+    plain = forgetlab.run(instruction_config(tmp_path), out=tmp_path / "plain").raw
+    stopped = forgetlab.run(instruction_config(tmp_path, data={"stop": ["o"]}), out=tmp_path / "stop").raw
+    for full, cut in zip(plain["predictions"][-1]["kinds"], stopped["predictions"][-1]["kinds"]):
+        assert cut["prediction"] == full["prediction"].split("o")[0].strip()

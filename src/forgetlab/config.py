@@ -87,7 +87,7 @@ class TrainConfig(Section):
     feature_cache: bool = True                   # reuse frozen-backbone features across tasks and runs
     progress: bool = True
     grad_accum: int = Field(1, ge=1)             # micro-batches of batch_size per optimizer step
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the training forward (weights stay as loaded)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the training forward where the device has it
     gradient_checkpointing: bool = False         # recompute activations in backward (less memory, ~1/3 slower)
     packing: bool = False                        # instruction streams: a batch's examples packed into as few rows
                                                  # of backbone.max_length as fit, none attending to another

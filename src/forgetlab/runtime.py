@@ -23,6 +23,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on ``device``: CPUs, and CUDA GPUs that have bf16 (Ampere on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

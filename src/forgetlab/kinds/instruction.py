@@ -50,6 +50,7 @@ class InstructionData(DataConfig):
     system: str | None = None                           # a system prompt for every example that has none
     metric: Literal["exact_match", "accuracy", "rouge_l", "number"] | None = None   # local files (None: by their options)
     max_new_tokens: int | None = Field(None, ge=1)      # None: each task's own (8 for labels, 256 for GSM8K)
+    stop: list[str] = []                                # an answer also ends at these strings (cut before them)
     likelihood: bool = True                             # also score by likelihood (the second matrix)
     keep_predictions: int = Field(3, ge=0)              # answers kept per task per evaluation
 
@@ -143,11 +144,13 @@ class InstructionTuning(Kind):
         return {"generated": generated, "likelihood": likelihood if self.cfg.data.likelihood else None}
 
     def answer(self, task: InstructionTask) -> list[str]:
-        """Greedy answers to the task's test prompts."""
+        """Greedy answers to the task's test prompts, each ending at an end of turn, a stop string or
+        ``max_new_tokens``."""
         backbone = self.learner.backbone
+        stop = self.cfg.data.stop
         outs = greedy_decode(backbone, self.prompts(task), task.max_new_tokens, device=self.device,
-                             batch_size=self.cfg.train.eval_batch_size, eos_ids=self.formatter.eos_ids)
-        return [decode_text(backbone, ids) for ids in outs]
+                             batch_size=self.cfg.train.eval_batch_size, eos_ids=self.formatter.eos_ids, stop_strings=stop)
+        return [decode_text(backbone, ids, stop) for ids in outs]
 
     @staticmethod
     def score(task: InstructionTask, example, text: str) -> float:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
 from ..models.learner import Learner
+from ..runtime import bf16_supported
 from .batching import Inputs, epoch_batches, make_batch
 
 if TYPE_CHECKING:                       # methods build on train.batching: no import at run time
@@ -46,7 +47,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps), shuffled by ``seed``;
     with ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``). An
     optimizer step averages the losses of ``cfg.grad_accum`` batches; ``cfg.precision: bf16`` runs the
-    forward under bf16 autocast; ``cfg.packing`` packs each batch's examples into as few rows as fit."""
+    forward under bf16 autocast where the device has it (else in the weights' dtype); ``cfg.packing`` packs each batch's examples into as few rows as fit."""
     optimizer = make_optimizer(method, cfg)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
@@ -56,6 +57,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     params = [p for g in optimizer.param_groups for p in g["params"]]
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(t) for t in inputs.tokens] if cfg.group_by_length and inputs.tokens is not None else None
+    bf16 = cfg.precision == "bf16" and bf16_supported(device)
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(learner, True)
     learner.train()
@@ -71,7 +73,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
                 if step == total:
                     break
                 batch = make_batch(inputs, idx, pad_id, device, pack_length=learner.backbone.max_length if cfg.packing else None)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = method.loss(batch, learner(batch))
                 (loss / cfg.grad_accum).backward()
                 micro += 1
@@ -98,7 +100,10 @@ def set_gradient_checkpointing(learner: Learner, on: bool) -> None:
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(model, "supports_gradient_checkpointing", False):
         return
-    if on:
+    new = hasattr(model, "activation_checkpointing_enable")       # the name from transformers 5.x on
+    if on and new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.gradient_checkpointing_disable()
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
