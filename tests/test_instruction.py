@@ -58,6 +58,7 @@ def test_a_system_prompt_and_a_custom_template():
     fmt = Formatter(ByteTokenizer(), "Q: {prompt}\nA:", max_length=100, system="Be brief.")
     assert fmt.prompt_text("2+2?") == "Be brief.\n\nQ: 2+2?\nA:"
     assert Formatter(ByteTokenizer(), "[{system}] {prompt} ->", 100, system="S").prompt_text("x") == "[S] x ->"
+    assert Formatter(ByteTokenizer(), '{"q": "{prompt}"}', 100).prompt_text("{a}") == '{"q": "{a}"}'   # braces kept
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ class Formatter:
         if self.chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        text = self.format.format(prompt=prompt, system=system or "")
+        text = self.format.replace("{prompt}", prompt).replace("{system}", system or "")     # other braces stay
         return f"{system}\n\n{text}" if system and "{system}" not in self.format else text
 
     def _turn_end(self) -> list[int]:
