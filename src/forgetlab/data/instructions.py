@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 from .sources import load_dataset
 from .stream import Stream, Task
-from .text_files import read_lines, read_text
+from .text_files import json_object, read_lines, read_text
 
 METRICS = ("exact_match", "accuracy", "rouge_l", "number")
 
@@ -166,7 +166,7 @@ def _boolq() -> TaskData:
     def convert(path: Path):
         out = []
         for n, line in enumerate(read_lines(path), 1):
-            row = _json_line(line, path, n)
+            row = json_object(line, path, n)
             answer = "yes" if str(row.get("label")).lower() in ("true", "yes", "1") else "no"
             question = row["question"].strip().rstrip("?")
             out.append(Instruction(f"{row['passage'].strip()}\n\nQuestion: {question}? Answer yes or no.", answer,
@@ -179,7 +179,7 @@ def _boolq() -> TaskData:
 
 def _gsm8k() -> TaskData:
     def convert(path: Path):
-        rows = [_json_line(line, path, n) for n, line in enumerate(read_lines(path), 1)]
+        rows = [json_object(line, path, n) for n, line in enumerate(read_lines(path), 1)]
         return [Instruction(row["question"].strip() + GSM8K_SUFFIX, row["answer"].strip()) for row in rows]
 
     folder = _probe_folder("gsm8k")
@@ -234,18 +234,8 @@ def read_instructions(path: Path) -> list[Instruction]:
         if not isinstance(rows, list):
             raise UserError(f"{path}: expected a JSON list of {{prompt, answer}} objects")
         return [_instruction(row, f"{path}: item {n}") for n, row in enumerate(rows, 1)]
-    return [_instruction(_json_line(line, path, n), f"{path}:{n}")
+    return [_instruction(json_object(line, path, n), f"{path}:{n}")
             for n, line in enumerate(read_lines(path), 1) if line.strip()]
-
-
-def _json_line(line: str, path: Path, n: int) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path}:{n}: expected a JSON object")
-    return row
 
 
 def _instruction(row, where: str) -> Instruction:

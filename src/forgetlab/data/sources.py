@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .text_files import read_lines, read_text
+from .text_files import json_object, read_lines, read_text
 
 BUILTIN = ("clinc150", "banking77", "fewrel", "agnews", "yelp", "amazon", "dbpedia", "yahoo", "20newsgroups")
 # Subfolders of FORGETLAB_DATA_DIR tried for a built-in name, in order.
@@ -85,13 +84,7 @@ def read_jsonl(path: Path) -> list[Example]:
     for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object with 'text' and 'label'")
-        out.append(_example(row, path, n))
+        out.append(_example(json_object(line, path, n, "a JSON object with 'text' and 'label'"), path, n))
     return out
 
 

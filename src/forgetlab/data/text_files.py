@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -22,3 +23,14 @@ def read_text(path: str | Path) -> str:
 def read_lines(path: str | Path) -> io.StringIO:
     """The lines of a UTF-8 file (``read_text``), each ending as ``open`` ends it: ``\\n`` for any newline."""
     return io.StringIO(read_text(path), newline=None)
+
+
+def json_object(line: str, path: str | Path, n: int, expected: str = "a JSON object") -> dict:
+    """Line ``n`` of a JSONL file as a dict; not JSON, or not an object, is one error naming file:line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{n}: expected {expected}")
+    return row
