@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.peft import max_positions
+from ..train.batching import left_pad
 
 
 @dataclass
@@ -71,12 +72,7 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
 def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, device: torch.device,
                   stop_strings: Sequence[str], eos_ids: set[int], sampling: Sampling | None = None) -> list[list[int]]:
     """One left-padded batch: the prompt in one forward pass, then one token per step off the cache."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), backbone.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+    ids, mask = left_pad(prompts, backbone.pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)         # a padded prompt's positions are its unpadded ones
     generated: list[list[int]] = [[] for _ in prompts]

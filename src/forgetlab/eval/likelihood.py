@@ -11,20 +11,10 @@ import torch.nn.functional as F
 
 from ..models.backbones import Backbone
 from ..models.peft import max_positions
+from ..train.batching import left_pad
 from .generation import cache_keyword
 
 MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
-
-
-def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
-    for i, t in enumerate(token_lists):
-        if t:
-            ids[i, width - len(t):] = torch.tensor(t, dtype=torch.long)
-            mask[i, width - len(t):] = 1
-    return ids, mask
 
 
 @torch.inference_mode()

@@ -94,23 +94,12 @@ def perplexity(backbone: Backbone, texts: list[str], window: int, max_tokens: in
 @torch.inference_mode()
 def choice_logprobs(backbone: Backbone, context: str, choices: list[str], window: int,
                     device: torch.device) -> list[float]:
-    """Summed log-probability of each choice's tokens after the context (context and choice are
-    tokenized apart, the context cut from the left to fit the window)."""
-    prefix = len(backbone.tokenize([""])[0])
-    ctx = backbone.tokenize([context], max_length=10_000)[0]
-    conts = [t[prefix:] for t in backbone.tokenize([" " + c for c in choices], max_length=window)]
-    seqs, starts = [], []
-    for cont in conts:
-        keep = max(1, window - len(cont))
-        head = ctx[:prefix] + ctx[prefix:][-(keep - prefix):] if keep > prefix else ctx[-keep:]
-        seqs.append(head + cont)
-        starts.append(len(head))
-    batch, mask = pad(seqs, backbone.pad_id)
-    labels = lm_labels(batch, mask)
-    for i, start in enumerate(starts):
-        labels[i, :start] = IGNORE_INDEX                # the context is given, not scored
-    nll, _ = token_nll(backbone.lm_logits(batch.to(device), mask.to(device)), labels.to(device))
-    return (-nll.sum(1)).tolist()
+    """Summed log-probability of each choice's tokens (" " + choice) after the context (context and
+    choice tokenized apart, the context cut from the left so the longest choice fits the window)."""
+    from .likelihood import continuation_logprobs
+
+    prompts, conts = _choice_inputs(backbone, [context], [choices], window)
+    return continuation_logprobs(backbone, prompts, conts, device)[0]
 
 
 def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torch.device) -> float:
@@ -119,12 +108,10 @@ def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torc
                             [item["choices"] for item in items], [item["answer"] for item in items], window, device)
 
 
-def _choice_accuracy(backbone: Backbone, contexts: list[str], choices: list[list[str]], answers: list[int],
-                     window: int, device: torch.device) -> float:
-    """How often the likeliest choice (" " + choice after the context, tokenized apart; the context cut
-    from the left to fit the window) is the answer; prompts batched with their KV cache shared."""
-    from .likelihood import continuation_logprobs
-
+def _choice_inputs(backbone: Backbone, contexts: list[str], choices: list[list[str]],
+                   window: int) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Each context's ids (cut from the left, the tokenizer's leading special tokens kept, so its longest
+    choice fits the window) and its choices' ids (" " + choice, without those special tokens)."""
     prefix = len(backbone.tokenize([""])[0])
     conts = [[t[prefix:] for t in backbone.tokenize([" " + c for c in options], max_length=window)] for options in choices]
     prompts = []
@@ -132,7 +119,16 @@ def _choice_accuracy(backbone: Backbone, contexts: list[str], choices: list[list
         ids = backbone.tokenize([context], max_length=10_000)[0]
         keep = max(1, window - max(len(c) for c in options))
         prompts.append(ids[:prefix] + ids[prefix:][-(keep - prefix):] if keep > prefix else ids[-keep:])
-    scores = continuation_logprobs(backbone, prompts, conts, device)
+    return prompts, conts
+
+
+def _choice_accuracy(backbone: Backbone, contexts: list[str], choices: list[list[str]], answers: list[int],
+                     window: int, device: torch.device) -> float:
+    """How often the likeliest choice is the answer; prompts batched, each prompt's KV cache shared by
+    its choices (``eval/likelihood.py``)."""
+    from .likelihood import continuation_logprobs
+
+    scores = continuation_logprobs(backbone, *_choice_inputs(backbone, contexts, choices, window), device)
     right = sum(int(max(range(len(s)), key=s.__getitem__) == answer) for s, answer in zip(scores, answers))
     return right / len(answers)
 

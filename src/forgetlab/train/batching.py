@@ -54,6 +54,18 @@ def pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to the longest sequence (prompts that generation or scoring continues)."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        if t:
+            ids[i, width - len(t):] = torch.tensor(t, dtype=torch.long)
+            mask[i, width - len(t):] = 1
+    return ids, mask
+
+
 def make_batch(inputs: Inputs, idx: torch.Tensor, pad_id: int, device: torch.device,
                pack_length: int | None = None) -> dict:
     """The examples ``idx`` as a padded batch (``pack_length``: packed into rows, see ``pack``)."""
