@@ -5,6 +5,7 @@ The engine knows a kind only through ``kinds/base.py``'s interface and a method 
 ``methods/base.py``'s hooks."""
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 import traceback
@@ -84,7 +85,7 @@ class Engine:
             if ckpt_dir.exists():
                 shutil.rmtree(ckpt_dir)
             state = {"run_id": _new_run_id(cfg), "config_hash": cfg.hash(), "completed": 0, "rows": [],
-                     "baseline": None, "retention": [], "kind": {}, "log": [], "train_s": 0.0, "eval_s": 0.0}
+                     "baseline": None, "retention": [], "variants": {}, "kind": {}, "log": [], "train_s": 0.0, "eval_s": 0.0}
         run_id = state["run_id"]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").unlink(missing_ok=True)
@@ -117,10 +118,20 @@ class Engine:
                 console.print(f"warning: {type(logger).__name__}.{event}: {type(exc).__name__}: {exc}")
 
     def _evaluate(self, seen: int, state: dict) -> dict:
-        """Every matrix's row after the first ``seen`` tasks, and general ability where asked for."""
+        """Every matrix's row after the first ``seen`` tasks, and general ability where asked for; after a
+        task, the same for each of the method's variants (kept apart, in ``state["variants"]``)."""
         rows = self.kind.evaluate(self.method, seen)
         if self.retention:
             state["retention"].append(self.retention.measure(self.learner.backbone, self.device))
+        if seen:
+            for value in self.method.variants():
+                kept = copy.deepcopy(self.kind.state)       # a variant's answers are not the run's
+                point = state["variants"].setdefault(str(value), {"value": value, "rows": [], "retention": []})
+                point["rows"].append(self.kind.evaluate(self.method, seen))
+                self.kind.state.clear()
+                self.kind.state.update(kept)
+                if self.retention:
+                    point["retention"].append(self.retention.measure(self.learner.backbone, self.device))
         return rows
 
     def _run_tasks(self, state: dict, ckpt_dir: Path) -> dict:
@@ -148,7 +159,8 @@ class Engine:
             state["eval_s"] += eval_s
             state["completed"] = task.index + 1
             state["log"].append({"task": task.name, "steps": stats.steps, "examples": stats.examples,
-                                 "loss": stats.loss, "train_s": stats.seconds, "eval_s": eval_s})
+                                 "loss": stats.loss, "train_s": stats.seconds, "eval_s": eval_s,
+                                 "trainable_parameters": stats.trainable, "method": method.task_summary(task)})
             seen = "  ".join(f"{kind.matrices[name][0]}(seen) {np.mean(row[: task.index + 1]):.4f}"
                              for name, row in rows.items() if row is not None)
             console.print(f"task {task.index + 1:>2}/{T} {task.name:<14} {stats.steps:>5} steps  "
@@ -174,15 +186,7 @@ class Engine:
         """results.json: the matrices the kind measured (each with its baseline, direction and metrics),
         each also under its older flat keys (``accuracy_matrix``, ``baseline_accuracy``, ...), the flat
         metrics, general ability, the kind's own keys, timing, resources and the environment."""
-        primary = next(iter(self.kind.matrices))
-        matrices = {}
-        for name, (key, direction) in self.kind.matrices.items():
-            rows = [r.get(name) for r in state["rows"]]
-            if any(row is None for row in rows):
-                continue
-            baseline = state["baseline"].get(name)
-            matrices[name] = {"values": rows, "baseline": baseline, "direction": direction,
-                              "metrics": matrix_metrics(rows, baseline, key, direction, primary=name == primary)}
+        matrices = self._matrices(state["rows"], state["baseline"])
         metrics = {k: v for m in matrices.values() for k, v in m["metrics"].items()}
         flat = {}
         for name, m in matrices.items():
@@ -199,15 +203,48 @@ class Engine:
             "matrices": matrices,
             "retention": retention_record(self.cfg.eval.retention, state["retention"], self.retention.chance,
                                           self.retention.counts) if self.retention else None,
-            "timing": timing, "task_log": state["log"], "resources": resources(self.device),
+            "variants": self._variants(state),
+            "timing": timing, "task_log": state["log"],
+            "resources": {**resources(self.device), "trainable_parameters": max((e.get("trainable_parameters", 0)
+                                                                                  for e in state["log"]), default=0),
+                          "method_state_mib": _mib(self.method.state())},
             "environment": environment(self.cfg.seed, self.device),
         }
+
+    def _matrices(self, all_rows: list[dict], baseline: dict) -> dict:
+        """Each matrix the kind measured, with its baseline, direction and metrics."""
+        primary = next(iter(self.kind.matrices))
+        matrices = {}
+        for name, (key, direction) in self.kind.matrices.items():
+            rows = [r.get(name) for r in all_rows]
+            if any(row is None for row in rows):
+                continue
+            matrices[name] = {"values": rows, "baseline": baseline.get(name), "direction": direction,
+                              "metrics": matrix_metrics(rows, baseline.get(name), key, direction, primary=name == primary)}
+        return matrices
+
+    def _variants(self, state: dict) -> dict | None:
+        """The method's variants, each as a run's matrices, metrics and general ability (None: it has none)."""
+        if not state["variants"]:
+            return None
+        points = []
+        for point in sorted(state["variants"].values(), key=lambda p: p["value"]):
+            matrices = self._matrices(point["rows"], state["baseline"])
+            retention = retention_record(self.cfg.eval.retention, state["retention"][:1] + point["retention"],
+                                         self.retention.chance, self.retention.counts) if self.retention else None
+            points.append({"value": point["value"], "matrices": matrices, "retention": retention,
+                           "metrics": {k: v for m in matrices.values() for k, v in m["metrics"].items()}})
+        return {"parameter": self.method.variant_parameter, "points": points}
 
 
 def resources(device: torch.device) -> dict:
     """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory."""
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"peak_rss_mib": peak_rss_mib(), "peak_cuda_mib": cuda}
+
+
+def _mib(tensors: dict[str, torch.Tensor]) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
 def _new_run_id(cfg: Config) -> str:

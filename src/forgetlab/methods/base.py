@@ -10,7 +10,7 @@ needs a learner's ``Output``); the engine checks it once.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -126,6 +126,19 @@ class Method:
             data = self.ctx.inputs(task, "train")
             order = torch.randperm(len(data))
             self.memory.add(data.task_ids[order], data.example_ids[order], data.labels[order])
+
+    def task_summary(self, task: Task) -> dict:
+        """Figures of the method's own on the task just trained (e.g. a penalty's mean), recorded in
+        results.json's ``task_log`` under ``method``; called after ``after_task``."""
+        return {}
+
+    def variants(self) -> Iterator[float]:
+        """Other versions of the model evaluated after each task besides the one the stream carries on
+        with (weight averaging's alpha curve): set the model to each, yield its ``variant_parameter``
+        value, and restore the model after the last."""
+        return iter(())
+
+    variant_parameter: ClassVar[str | None] = None
 
     def eval_task(self, task: Task) -> None:
         """Called before a task's test set is encoded (e.g. to select that task's adapter)."""

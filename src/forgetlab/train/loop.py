@@ -26,6 +26,7 @@ class TrainStats:
     examples: int
     loss: float          # mean loss over the last epoch's steps
     seconds: float
+    trainable: int = 0   # parameters the optimizer updated
 
 
 def make_optimizer(method: "Method", cfg: TrainConfig) -> torch.optim.Optimizer | None:
@@ -91,7 +92,8 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(learner, False)
     learner.eval()
-    return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start)
+    return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start,
+                      sum(p.numel() for p in params))
 
 
 def set_gradient_checkpointing(learner: Learner, on: bool) -> None:
