@@ -124,6 +124,7 @@ class Engine:
         if self.retention:
             state["retention"].append(self.retention.measure(self.learner.backbone, self.device))
         if seen:
+            state.setdefault("variants", {})
             for value in self.method.variants():
                 kept = copy.deepcopy(self.kind.state)       # a variant's answers are not the run's
                 point = state["variants"].setdefault(str(value), {"value": value, "rows": [], "retention": []})
@@ -234,7 +235,7 @@ class Engine:
                                          self.retention.chance, self.retention.counts) if self.retention else None
             points.append({"value": point["value"], "matrices": matrices, "retention": retention,
                            "metrics": {k: v for m in matrices.values() for k, v in m["metrics"].items()}})
-        return {"parameter": self.method.variant_parameter, "points": points}
+        return {"parameter": self.method.variant_parameter, "value": self.method.variant_value, "points": points}
 
 
 def resources(device: torch.device) -> dict:

@@ -138,7 +138,8 @@ class Method:
         value, and restore the model after the last."""
         return iter(())
 
-    variant_parameter: ClassVar[str | None] = None
+    variant_parameter: ClassVar[str | None] = None     # what distinguishes the variants, e.g. "alpha"
+    variant_value: float | None = None                 # this run's own value of it
 
     def eval_task(self, task: Task) -> None:
         """Called before a task's test set is encoded (e.g. to select that task's adapter)."""
