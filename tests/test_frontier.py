@@ -4,13 +4,16 @@ accuracy probes, only panel (a) without a general-ability suite, escaping."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from scipy import stats
 
+from forgetlab.cli import main
 from forgetlab.report.compare import write_comparison
 from forgetlab.report.frontier import frontier_entries, frontier_panels, pareto
 from forgetlab.report.summary import summarize
+from forgetlab.store import Store
 
 T1 = stats.t.ppf(0.975, 1)          # two runs: CI half-width = T1 * sd / sqrt(2)
 
@@ -138,3 +141,19 @@ def test_the_page_escapes_the_frontier_and_writes_its_points(tmp_path):
     points = json.loads((tmp_path / "f.json").read_text())
     assert [p["label"] for p in points] == [f"{evil}", f"{evil} alpha=0.5", "seq"]
     assert points[0]["learning"] == pytest.approx(0.7) and points[0]["pareto_old"] is True
+
+
+def test_cli_report_writes_the_frontier_json(tmp_path, monkeypatch):
+    db = tmp_path / "s.db"
+    store = Store(db)
+    for r in (run("seq", 0, (0.8, 0.5, 0.6)), run("lora", 0, (0.5, 0.5, 0.5))):
+        config = {**r["config"], "data": {"name": "d", "scenario": "instruction"}, "backbone": {"name": "m"}}
+        store.begin(r["run_id"], r["run_id"], config, str(tmp_path / r["run_id"]))
+        store.complete(r["run_id"], r)
+    monkeypatch.setattr(sys, "argv", ["forgetlab", "report", "--store", str(db), "-o", str(tmp_path / "r.html"),
+                                      "--frontier-json", str(tmp_path / "f.json")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code in (0, None)
+    points = {p["label"]: p for p in json.loads((tmp_path / "f.json").read_text())}
+    assert points["seq"]["old_drop"] == pytest.approx(0.3) and points["lora"]["learning"] == pytest.approx(0.5)
