@@ -113,6 +113,7 @@ def test_variants_make_a_line_in_coefficient_order_and_take_part_in_the_pareto_m
     # (learning, general drop): average (0.5, 0.2), 0.25 (0.3, 0.05), 0.5 (0.4, 0.1), 0.75 (0.45, 0.25), seq (0.5, 0.3)
     assert [x["pareto_general"] for x in entries] == [True, True, True, False, False]
     a, b = frontier_panels(entries, "generated")
+    assert (a["title"], b["title"]) == ("(a) old tasks", "(b) general ability") and "perplexity" in b["xlabel"]
     line = [p for p in a["points"] if p["variant"]]
     assert [p["label"] for p in line] == ["alpha=0.25", "alpha=0.5", "alpha=0.75"]
     assert [p["x"] for p in line] == pytest.approx([0.0, 0.1, 0.2])
