@@ -1,5 +1,5 @@
 """The comparison report: runs grouped (e.g. by method), each figure as mean ± 95% CI over seeds and
-orders, paired tests between groups, mean matrices and accuracy curves."""
+orders, the learn–forget frontier, paired tests between groups, mean matrices and accuracy curves."""
 from __future__ import annotations
 
 import json
@@ -93,8 +93,8 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
 
 
 def _frontier_section(rows: list[dict], primary: str) -> dict | None:
-    """The frontier's figure, its table's rows and its entries (None when no group has learning and an
-    old tasks' drop to plot)."""
+    """The frontier's figure, its table's rows and its entries (None when no entry has learning and a
+    drop to plot)."""
     entries = frontier_entries(rows)
     png = frontier_figure(entries, primary)
     if png is None:

@@ -133,7 +133,7 @@ def frontier_panels(entries: Sequence[dict], primary: str) -> list[dict]:
 
 
 def frontier_figure(entries: Sequence[dict], primary: str) -> bytes | None:
-    """The frontier as a PNG (None when no entry has learning and an old tasks' drop)."""
+    """The frontier as a PNG (None when no entry has learning and a drop to plot)."""
     panels = frontier_panels(entries, primary)
     if not panels:
         return None
