@@ -1,7 +1,8 @@
 """The comparison report: runs grouped (e.g. by method), each figure as mean ± 95% CI over seeds and
-orders, paired tests between groups, mean matrices and accuracy curves."""
+orders, the learn–forget frontier, paired tests between groups, mean matrices and accuracy curves."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from scipy.stats import spearmanr
 
 from ..eval.per_class import per_class_forgetting
 from .figures import bars_with_ci_png, class_forgetting_png, curves_with_ci_png, heatmap_png
+from .frontier import GENERAL, frontier_entries, frontier_figure
 from .html import _ENV, _data_uri
 from .matrices import matrices_of, split_key
 from .study import StudySpec, study_markdown, study_png, study_points
@@ -18,11 +20,13 @@ from .summary import (columns_for, format_cell, incremental_curve, lookup, markd
 
 def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
                      title: str = "forgetlab runs", study: StudySpec | None = None,
-                     study_figure: Path | None = None, references: list[dict] | None = None) -> str:
+                     study_figure: Path | None = None, references: list[dict] | None = None,
+                     frontier_json: Path | None = None) -> str:
     """Write the HTML comparison of completed runs (results.json dicts) to ``path``, with the ``study``
     section first if one is given (its figure also to ``study_figure``, if given); returns its Markdown
     table (the study's points, then the summary). Each run's intransigence is measured against its
-    joint run among ``references`` (default: the runs themselves)."""
+    joint run among ``references`` (default: the runs themselves). The learn–forget frontier's entries
+    also go to ``frontier_json`` as a JSON list, if given."""
     runs = with_intransigence(runs, runs if references is None else references)
     columns = columns_for(runs)
     rows = summarize(runs, group_by, columns)
@@ -65,10 +69,13 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
             direction = matrices_of(r["members"][0])[names[0]]["direction"]
             matrices.append({"title": f"{r['group']}: mean {names[0]} matrix over {r['n']} run(s)",
                              "uri": _data_uri(heatmap_png(mean, tasks, f"{r['group']} (mean {names[0]})", direction))})
+    frontier = _frontier_section(rows, next(iter(matrices_of(runs[0])), ""))
+    if frontier_json is not None:
+        Path(frontier_json).write_text(json.dumps(frontier["entries"] if frontier else [], indent=1) + "\n")
     tests = paired_tests(rows, _tested_path(study))
     first = next((c for c in columns if c[0].startswith("metrics.")), None)
     page = _ENV.get_template("compare.html").render(
-        title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices, study=section,
+        title=title, group_by=" · ".join(group_by), figures=figures, matrices=matrices, study=section, frontier=frontier,
         matrix_name=names[0] if names else "", run_metric=first[1] if first else "",
         head=[t for _, t, _ in columns],
         rows=[{"group": r["group"], "n": r["n"], "seeds": ", ".join(map(str, r["seeds"])),
@@ -83,6 +90,25 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     path.write_text(page, encoding="utf-8")
     table = markdown_table(rows, "group", columns)
     return (section["table"] + "\n" + table) if section else table
+
+
+def _frontier_section(rows: list[dict], primary: str) -> dict | None:
+    """The frontier's figure, its table's rows and its entries (None when no entry has learning and a
+    drop to plot)."""
+    entries = frontier_entries(rows)
+    png = frontier_figure(entries, primary)
+    if png is None:
+        return None
+    yes_no = {True: "yes", False: "no", None: "–"}
+    table = [[e["label"], str(e["n"]), format_cell(e["learning"], e["learning_ci"], 4),
+              format_cell(e["old_drop"], e["old_drop_ci"], 4), format_cell(e["general_drop"], e["general_drop_ci"], 4),
+              format_cell(e["op"], e["op_ci"], 4),
+              "" if e["trainable_parameters"] is None else f"{e['trainable_parameters']:,.0f}",
+              "" if e["method_state_mib"] is None else f"{e['method_state_mib']:.1f}",
+              "" if e["train_s"] is None else format_cell(e["train_s"], e["train_s_ci"], 1),
+              yes_no[e["pareto_old"]], yes_no[e["pareto_general"]]] for e in entries]
+    return {"uri": _data_uri(png), "entries": entries, "table": table, "primary": primary,
+            "general": GENERAL.get(entries[0]["general_measure"], "general ability's drop")}
 
 
 def _tested_path(study: StudySpec | None) -> str | None:

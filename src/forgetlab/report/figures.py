@@ -221,3 +221,37 @@ def p_by_size_png(sizes: Sequence[int], p_values: Sequence[float], alpha: float)
     ax.set_ylabel("p-value")
     ax.legend(frameon=False)
     return _png(fig)
+
+
+def frontier_png(panels: Sequence[dict], ylabel: str) -> bytes:
+    """Learning (y) against a drop (x), one panel each: ``{"title", "xlabel", "points": [{"label", "group",
+    "variant", "x", "y", "xerr", "yerr", "pareto"}]}``. Error bars where given; Pareto-optimal points
+    filled, the others hollow, the optimal ones joined by a step line; each group's variant points
+    joined in the order given; every point annotated with its label. One colour per group."""
+    groups = list(dict.fromkeys(p["group"] for panel in panels for p in panel["points"]))
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        points = panel["points"]
+        for group in groups:
+            line = [p for p in points if p["group"] == group and p["variant"]]
+            if len(line) > 1:
+                ax.plot([p["x"] for p in line], [p["y"] for p in line], color=colours[group], linewidth=1, alpha=0.7)
+        for p in points:
+            colour = colours[p["group"]]
+            ax.errorbar(p["x"], p["y"], xerr=p["xerr"], yerr=p["yerr"], fmt="o", markersize=4 if p["variant"] else 7,
+                        color=colour, markerfacecolor=colour if p["pareto"] else "none", ecolor=(*colour[:3], 0.4),
+                        elinewidth=0.8, capsize=2)
+            ax.annotate(_label(p["label"]), (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7 if p["variant"] else 8, color=colour)
+        best = sorted((p["x"], p["y"]) for p in points if p["pareto"])
+        ax.step([x for x, _ in best], [y for _, y in best], where="post", color="grey", linestyle="--", linewidth=1)
+        ax.set_title(_label(panel["title"]))
+        ax.set_xlabel(_label(panel["xlabel"]))
+        ax.set_ylabel(_label(ylabel))
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color="black", label="Pareto-optimal"),
+               plt.Line2D([], [], marker="o", linestyle="", color="black", markerfacecolor="none", label="dominated"),
+               plt.Line2D([], [], color="grey", linestyle="--", label="frontier")]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right")
+    return _png(fig)
