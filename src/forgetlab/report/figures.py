@@ -225,16 +225,16 @@ def p_by_size_png(sizes: Sequence[int], p_values: Sequence[float], alpha: float)
 
 def frontier_png(panels: Sequence[dict], ylabel: str) -> bytes:
     """Learning (y) against a drop (x), one panel each: ``{"title", "xlabel", "points": [{"label", "group",
-    "variant", "x", "y", "xerr", "yerr", "pareto"}]}``. Error bars where given; Pareto-optimal points
-    filled, the others hollow, the optimal ones joined by a step line; each group's variant points
-    joined in the order given; every point annotated with its label. One colour per group."""
+    "variant", "value", "x", "y", "xerr", "yerr", "pareto"}]}``. Error bars where given; Pareto-optimal points
+    filled, the others hollow, the optimal ones joined by a step line; each group's points that carry a
+    value (its variants and its own run's, e.g. alpha) joined in value order; every point annotated with its label. One colour per group."""
     groups = list(dict.fromkeys(p["group"] for panel in panels for p in panel["points"]))
     colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         points = panel["points"]
         for group in groups:
-            line = [p for p in points if p["group"] == group and p["variant"]]
+            line = sorted((p for p in points if p["group"] == group and p.get("value") is not None), key=lambda p: p["value"])
             if len(line) > 1:
                 ax.plot([p["x"] for p in line], [p["y"] for p in line], color=colours[group], linewidth=1, alpha=0.7)
         for p in points:

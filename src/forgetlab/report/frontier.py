@@ -82,7 +82,8 @@ def frontier_entries(rows: Sequence[dict]) -> list[dict]:
     for row in rows:
         members = row["members"]
         cost = {key: mean_ci([lookup(m, path) for m in members]) for key, path in RESOURCES}
-        entries.append(_entry(row["group"], row["group"], None, None, [figures_of(m, measure) for m in members],
+        own = next((m["variants"].get("value") for m in members if m.get("variants")), None)   # e.g. the run's alpha
+        entries.append(_entry(row["group"], row["group"], None, own, [figures_of(m, measure) for m in members],
                               cost, measure))
         by_value: dict[float, list[dict]] = {}
         for m in members:
@@ -124,7 +125,7 @@ def frontier_panels(entries: Sequence[dict], primary: str) -> list[dict]:
             ("(a) old tasks", "old_drop", "pareto_old", f"old tasks' drop: −BWT of the {primary} matrix"),
             ("(b) general ability", "general_drop", "pareto_general", GENERAL.get(measure, ""))):
         points = [{"label": (f"{e['parameter']}={e['value']}" if e["parameter"] else e["label"]), "group": e["group"],
-                   "variant": e["parameter"] is not None, "x": e[drop], "xerr": e[f"{drop}_ci"],
+                   "variant": e["parameter"] is not None, "value": e["value"], "x": e[drop], "xerr": e[f"{drop}_ci"],
                    "y": e["learning"], "yerr": e["learning_ci"], "pareto": e[flag]}
                   for e in entries if e[flag] is not None]
         if points:
