@@ -3,7 +3,9 @@ so a claim cannot go stale; a method is refused, in one line, on a kind it does 
 
 The pairs come from ``methods.REGISTRY`` and ``kinds.KINDS`` at collection time: a new method is
 tested here on its first run. The hand-written parts are the tiny config of each kind and
-``EXTRA_KEYS``, the method keys a method needs to run on these configs."""
+``EXTRA_KEYS``, the method keys a method needs to run on these configs. README.md's table of
+methods × kinds is checked against scripts/method_kinds_table.py's output."""
+import importlib.util
 import math
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from pydantic import ValidationError
 
 import forgetlab
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from forgetlab.engine import Engine, supports
 from forgetlab.errors import UserError
 from forgetlab.experiment import load_config
@@ -95,3 +97,11 @@ def test_a_method_is_refused_on_a_kind_it_does_not_claim(tmp_path):
     assert message.startswith(f"method.name: {method} does not support {kind} streams")
     usable = sorted(n for n, m in REGISTRY.items() if supports(m, kind))
     assert message.endswith(f"use one of {', '.join(usable)}")
+
+
+def test_the_readme_table_is_the_scripts_output():
+    spec = importlib.util.spec_from_file_location("method_kinds_table", ROOT / "scripts" / "method_kinds_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.readme_table((ROOT / "README.md").read_text()) == script.table(), \
+        "README.md's methods x kinds table is stale: run PYTHONPATH=src python scripts/method_kinds_table.py --write"
