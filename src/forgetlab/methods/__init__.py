@@ -1,6 +1,6 @@
 """Continual-learning methods, one file each; ``method_class(name)`` finds one by its config name."""
-from . import (adapter, der, ewc, freeze, generative_replay, joint, knn_memory, lora, lwf, mas,  # noqa: F401
-               multihead, prompt_tuning, replay, seq, seq_star)  # importing registers them
+from . import (adapter, der, ema_lora, ewc, freeze, generative_replay, inc_lora, joint, knn_memory,  # noqa: F401
+               lora, lwf, mas, multihead, o_lora, prompt_tuning, replay, seq, seq_star)  # importing registers them
 from .base import REGISTRY, Context, Method, MethodConfig
 
 
