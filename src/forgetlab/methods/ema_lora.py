@@ -76,5 +76,7 @@ class EMALoRA(IncLoRA):
                 slow.mul_(self.cfg.lam).add_(fast, alpha=1 - self.cfg.lam)
 
     def after_task(self, task):
+        """Test with the slow LoRA. It stays marked trainable (no optimizer holds it, nothing steps it) so
+        that the kinds, which cache features under a backbone without trainable weights, encode afresh."""
         super().after_task(task)
-        self.use([SLOW], None)
+        self.use([SLOW], SLOW)
