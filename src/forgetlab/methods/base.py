@@ -120,6 +120,9 @@ class Method:
     def after_backward(self) -> None:
         """Called between ``backward`` and the optimizer step (e.g. to mask gradients)."""
 
+    def after_step(self) -> None:
+        """Called right after each optimizer step (e.g. to update a running average of weights)."""
+
     def after_task(self, task: Task) -> None:
         """Called after training on the task, before it is evaluated: offers its examples to the memory."""
         if self.memory is not None:

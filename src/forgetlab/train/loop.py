@@ -86,6 +86,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
+                method.after_step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(job, advance=1, loss=recent[-1], rate=seen / (time.perf_counter() - start))
