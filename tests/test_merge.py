@@ -112,5 +112,5 @@ def test_ties_keeps_about_density_of_the_coordinates_and_restores_its_state(tmp_
 
 
 def test_scale_with_the_mean_is_a_config_error():
-    with pytest.raises(UserError, match="method"):
+    with pytest.raises(UserError, match="method.scale: how: mean averages"):
         load_config(tiny_config(method={"name": "merge", "how": "mean", "scale": 0.5}))

@@ -115,7 +115,7 @@ class Flaky:
 @pytest.mark.parametrize("method", [{"name": "der++", "replay": {"size": 10}},
                                     {"name": "ewc", "online": True, "replay": {"size": 10, "strategy": "class_balanced"}},
                                     {"name": "mas"}, {"name": "knn_memory", "freeze_backbone": False},
-                                    {"name": "lora", "per_task": False}])
+                                    {"name": "lora", "per_task": False}, {"name": "merge"}])
 def test_resume_restores_method_state(tmp_path, method):
     base = method_class(method["name"])
     name = "test_flaky_" + method["name"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from .base import Method, MethodConfig
 from .components import merging
@@ -35,11 +35,12 @@ class MergeConfig(MethodConfig):
     density: float = Field(0.2, gt=0, le=1)          # ties: fraction of each tensor's coordinates kept (top-k 20%)
     start: Literal["base", "merged"] = "merged"      # what each task is fine-tuned from
 
-    @model_validator(mode="after")
-    def _scale_needs_a_sum(self):
-        if self.how == "mean" and self.scale is not None:
-            raise ValueError("scale: how: mean averages the task vectors; scale is for task_arithmetic and ties")
-        return self
+    @field_validator("scale")
+    @classmethod
+    def _scale_needs_a_sum(cls, scale, info):
+        if scale is not None and info.data.get("how") == "mean":
+            raise ValueError("how: mean averages the task vectors; scale is for task_arithmetic and ties")
+        return scale
 
 
 class Merge(Method):
