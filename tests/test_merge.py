@@ -92,7 +92,7 @@ def test_mean_from_base_evaluates_theta0_plus_the_mean_of_the_task_vectors(tmp_p
 
 
 def test_task_arithmetic_at_scale_1_from_the_merged_model_is_sequential_fine_tuning(tmp_path):
-    engine, theta0, evaluated = recorded_run(tmp_path, {"how": "task_arithmetic", "scale": 1.0})
+    engine, _, evaluated = recorded_run(tmp_path, {"how": "task_arithmetic", "scale": 1.0})
     assert all(torch.equal(engine.method.starts[1][n], p) for n, p in evaluated[1].items())
     for i in range(2):           # theta_0 + tau_1 + tau_2, the increments, is what task 2 trained to
         for n, p in engine.method.trained[i].items():
@@ -100,7 +100,7 @@ def test_task_arithmetic_at_scale_1_from_the_merged_model_is_sequential_fine_tun
 
 
 def test_ties_keeps_about_density_of_the_coordinates_and_restores_its_state(tmp_path):
-    engine, theta0, evaluated = recorded_run(tmp_path, {"density": 0.2})
+    engine, _, evaluated = recorded_run(tmp_path, {"density": 0.2})
     method = engine.method
     assert 0.19 <= method.task_summary(None)["kept"] <= 0.41         # the union of two top-20% supports
     fresh = Merge(method.cfg, method.learner, method.ctx)

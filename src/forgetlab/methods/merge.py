@@ -14,7 +14,7 @@ sequentially fine-tuned model, so ``task_arithmetic`` at scale 1 is plain sequen
 while vectors measured from theta_0 would count every earlier task's vector again inside each later one.
 
 theta_0 and the task vectors are kept in float32 on the CPU: (T + 1) copies of the trained weights,
-about 2.7 GB for a 135M-parameter model over 4 tasks.
+about 2.7 GB for a 135M-parameter model over 4 tasks (one copy more while a task trains: where it started).
 """
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ class Merge(Method):
             for n, theta in self.theta0.items():
                 if n in merged:
                     params[n].copy_(theta + merged[n])
+        nonzero, size = sum(int(m.count_nonzero()) for m in merged.values()), sum(m.numel() for m in merged.values())
         self.summary = {"task_vector_norm": _norm(self.tasks[-1].values()), "merged_norm": _norm(merged.values()),
-                        "kept": sum(int(m.count_nonzero()) for m in merged.values()) / max(1, sum(m.numel() for m in merged.values()))}
+                        "kept": nonzero / max(1, size)}
 
     def merged(self) -> dict[str, torch.Tensor]:
         """merge(tau_1..tau_t) by ``how``."""
