@@ -116,7 +116,7 @@ class Flaky:
                                     {"name": "ewc", "online": True, "replay": {"size": 10, "strategy": "class_balanced"}},
                                     {"name": "mas"}, {"name": "knn_memory", "freeze_backbone": False},
                                     {"name": "lora", "per_task": False}, {"name": "inc_lora"}, {"name": "o_lora"},
-                                    {"name": "ema_lora", "replay": {"size": 10}}])
+                                    {"name": "ema_lora", "replay": {"size": 10}}, {"name": "merge"}])
 def test_resume_restores_method_state(tmp_path, method):
     base = method_class(method["name"])
     name = "test_flaky_" + method["name"]
