@@ -8,9 +8,9 @@ the fast LoRA's outputs up to the slow one's: mean((f - max(f, s))^2), f and s t
 the target taking the fast output where it is the larger, as the released code does. Testing uses the
 slow LoRA. Two simplifications: the consistency is on the learner's logits, not on every layer's hidden
 states (the learner interface exposes only its output), and the memory batch joins the task batch in
-one cross-entropy instead of the code's mean of the two losses. lam: the released code caps it at
-0.25 with a warm-up, min(1 - 1/(step+1), 0.25); 0.99 here follows the brief, the paper's text was not
-checked.
+one cross-entropy instead of the code's mean of the two losses. lam: implementations
+differ (the released code min(1 - 1/(step+1), 0.25), a warm-up capped at 0.25; EasyCL's port 0.999);
+0.99 here, a slow learner of about a hundred steps' memory.
 """
 from __future__ import annotations
 
