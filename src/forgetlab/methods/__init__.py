@@ -1,6 +1,6 @@
 """Continual-learning methods, one file each; ``method_class(name)`` finds one by its config name."""
 from . import (adapter, der, ewc, freeze, generative_replay, joint, knn_memory, lora, lwf, mas,  # noqa: F401
-               multihead, prompt_tuning, replay, seq, seq_star)  # importing registers them
+               multihead, prompt_tuning, replay, seq, seq_star, ssr)  # importing registers them
 from .base import REGISTRY, Context, Method, MethodConfig
 
 
