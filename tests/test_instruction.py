@@ -398,7 +398,7 @@ def test_the_claims_are_the_issues_list():
     from forgetlab.methods import REGISTRY
 
     claimed = sorted(n for n, m in REGISTRY.items() if supports(m, "instruction") and not n.startswith("test_"))
-    assert claimed == sorted({"seq", "freeze", "lora", "replay", "ewc", "mas", "lwf", "generative_replay", "joint"})
+    assert claimed == sorted({"seq", "freeze", "lora", "replay", "ewc", "mas", "lwf", "generative_replay", "joint", "ssr"})
 
 
 def test_lwf_distils_the_previous_models_next_token_distribution():

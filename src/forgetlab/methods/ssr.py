@@ -6,7 +6,8 @@ training examples are drawn (seeded) and kept, as text, for in-context learning 
 later task, for every old task:
 
 1. the base model (a frozen copy of the backbone made before the stream) is shown the demonstrations'
-   inputs in a plain few-shot prompt and writes new inputs (sampled: top-k at a temperature);
+   inputs in a plain few-shot prompt and writes new inputs (sampled: top-k at a temperature; at most
+   twice the longest demonstration's tokens, and half the window; a prompt too long loses its start);
 2. the current model answers each synthetic input greedily through the run's template (on a closed
    answer set the option its answer names; an empty answer, or one naming no option, is dropped);
 3. the synthetic examples (``ratio`` times the old task's training-set size, or ``per_task``) join the new
@@ -75,7 +76,7 @@ class SSR(Method):
         cut = len(instruction)
         inputs = [p[:-cut] if side == "suffix" else p[cut:] if side == "prefix" else p for p in self.demos[old.index]]
         listed = "".join(f"Input {i}:\n{text.strip()}\n\n" for i, text in enumerate(inputs, 1))
-        new_tokens = window // 2
+        new_tokens = min(window // 2, 2 * max(len(fmt.encode(t)) for t in inputs) + 1)   # about a demonstration's length
         budget = min(window, max_positions(self.base.model) or window) - new_tokens - len(fmt.start)
         ids = fmt.start + fmt.encode(FEW_SHOT.format(listed=listed, next=len(inputs) + 1))[-budget:]
         sampling = Sampling(self.cfg.temperature, self.cfg.top_k,
