@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_instruction import instruction_config
 
 import forgetlab
 from forgetlab.engine import Engine
 from forgetlab.experiment import load_config
 from forgetlab.kinds.instruction import InstructionTuning
-from forgetlab.models.causal_lm import IGNORE_INDEX
 from forgetlab.methods import ssr as ssr_module
-from test_instruction import instruction_config
+from forgetlab.models.causal_lm import IGNORE_INDEX
 
 # one-letter options: a tiny byte-level GPT learns to answer them in 10 epochs, even after a garbled input
 TASKS = (("kinds", "colour or animal?", {"c": ["red", "blue", "green"], "a": ["cat", "dog", "cow"]}),
@@ -58,10 +58,8 @@ def test_synthetic_examples_have_the_old_tasks_format_and_no_real_example_return
     assert demos == method.demos[0] and all(d in first.train_texts for d in demos)
 
     # (c) the writer is the frozen pre-stream copy; the model that answers is the trained one
-    name = "model.transformer.h.0.attn.c_attn.weight" if "model.transformer.h.0.attn.c_attn.weight" in initial \
-        else next(iter(initial))
-    assert torch.equal(dict(method.base.named_parameters())[name], initial[name])
-    assert not torch.equal(dict(backbone.named_parameters())[name], initial[name])
+    assert all(torch.equal(p, initial[n]) for n, p in method.base.named_parameters())
+    assert any(not torch.equal(p, initial[n]) for n, p in backbone.named_parameters())
     assert all(not p.requires_grad for p in method.base.parameters())
     writers, real = [], ssr_module.greedy_decode
 
@@ -110,7 +108,7 @@ def test_a_three_task_run_rehearses_both_old_tasks_and_resumes_exactly(tmp_path,
     for log, task in zip(straight["task_log"][1:], (1, 2)):
         made = sum(c["made"] for c in log["method"]["synthetic"].values())
         assert all(c["made"] + c["dropped"] == 4 for c in log["method"]["synthetic"].values())
-        assert log["examples"] == (29 + made) * 10                  # 29 own examples and the synthetic ones, 10 epochs
+        assert made >= 1 and log["examples"] == (29 + made) * 10                 # 29 own examples and the synthetic ones, 10 epochs
 
     real, calls = InstructionTuning.evaluate, []
 

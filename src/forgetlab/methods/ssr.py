@@ -34,7 +34,11 @@ from ..eval.generation import Sampling, decode_text, greedy_decode
 from ..models.peft import max_positions
 from ..train.batching import Inputs
 from .base import Method, MethodConfig
-from .components.pseudo_instructions import PseudoInstructions, join_instruction, shared_instruction
+from .components.pseudo_instructions import (
+    PseudoInstructions,
+    join_instruction,
+    shared_instruction,
+)
 
 FEW_SHOT = "Here are inputs of one task, one after another.\n\n{listed}Input {next}:\n"
 STOP = "\n\nInput"          # the base model starts the next input: its own ends there
@@ -60,11 +64,12 @@ class SSR(Method):
         self.answerer = PseudoInstructions(ctx.kind, learner, ctx.device, cfg.top_k, cfg.temperature, ctx.seed)
         self.demos: dict[int, list[str]] = {}          # task index -> the kept demonstrations' prompts
         self.synthetic: Inputs | None = None           # what joined the last task's training set
-        self.counts: dict[str, dict[str, int]] = {}    # old task -> synthetic examples kept and dropped
+        self.counts: dict[str, dict[str, int]] = {}    # old task -> synthetic examples made and dropped
 
     def after_task(self, task):
         super().after_task(task)
-        order = torch.randperm(len(task.train_examples), generator=torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + task.index))
+        generator = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + task.index)
+        order = torch.randperm(len(task.train_examples), generator=generator)
         self.demos[task.index] = [task.train_examples[i].prompt for i in order[: self.cfg.demonstrations].tolist()]
 
     # -- synthesis ------------------------------------------------------------------------------
@@ -77,7 +82,7 @@ class SSR(Method):
         inputs = [p[:-cut] if side == "suffix" else p[cut:] if side == "prefix" else p for p in self.demos[old.index]]
         listed = "".join(f"Input {i}:\n{text.strip()}\n\n" for i, text in enumerate(inputs, 1))
         new_tokens = min(window // 2, 2 * max(len(fmt.encode(t)) for t in inputs) + 1)   # about a demonstration's length
-        budget = min(window, max_positions(self.base.model) or window) - new_tokens - len(fmt.start)
+        budget = max(1, min(window, max_positions(self.base.model) or window) - new_tokens - len(fmt.start))
         ids = fmt.start + fmt.encode(FEW_SHOT.format(listed=listed, next=len(inputs) + 1))[-budget:]
         sampling = Sampling(self.cfg.temperature, self.cfg.top_k,
                             torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + target * 1_000 + old.index))

@@ -6,7 +6,8 @@ write a pseudo-example the current model is asked, through the run's template, f
 instruction (sampled: top-k at a temperature); the pseudo prompt is that input joined to the
 instruction where the task's prompts have it (joined as they join it), and the model's own greedy answer to it is the
 response. On a closed answer set an answer is kept only if it names an option (the option becomes the
-response). No example of an old task is stored.
+response). No example of an old task is stored. ``answered`` and ``as_inputs`` also serve SSR
+(``methods/ssr.py``), whose inputs another model writes.
 """
 from __future__ import annotations
 
