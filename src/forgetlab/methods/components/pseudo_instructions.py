@@ -6,7 +6,8 @@ write a pseudo-example the current model is asked, through the run's template, f
 instruction (sampled: top-k at a temperature); the pseudo prompt is that input joined to the
 instruction where the task's prompts have it (joined as they join it), and the model's own greedy answer to it is the
 response. On a closed answer set an answer is kept only if it names an option (the option becomes the
-response). No example of an old task is stored.
+response). No example of an old task is stored. ``answered`` and ``as_inputs`` also serve SSR
+(``methods/ssr.py``), whose inputs another model writes.
 """
 from __future__ import annotations
 
@@ -46,7 +47,6 @@ class PseudoInstructions:
     def examples(self, task, n: int) -> list[Instruction]:
         """Up to ``n`` pseudo-examples of ``task`` (fewer where answers name no option)."""
         from ...eval.generation import Sampling, decode_text, greedy_decode
-        from ...eval.scoring import match_option
 
         instruction, side = self.instructions[task.index]
         fmt, backbone = self.kind.formatter, self.learner.backbone
@@ -55,10 +55,19 @@ class PseudoInstructions:
         sampling = Sampling(self.temperature, self.top_k, torch.Generator().manual_seed(self.seed * 7919 + task.index))
         inputs = [decode_text(backbone, ids) for ids in greedy_decode(
             backbone, [ask] * n, window // 2, device=self.device, eos_ids=fmt.eos_ids, sampling=sampling)]
+        prompts = [join_instruction(text, instruction, side) for text in inputs if text]
+        return self.answered(task, prompts)[0]
+
+    def answered(self, task, prompts: list[str]) -> tuple[list[Instruction], int]:
+        """The prompts with the current model's greedy answers as responses (on a closed answer set the
+        option an answer names), and how many were dropped (an empty answer, or one naming no option)."""
+        from ...eval.generation import decode_text, greedy_decode
+        from ...eval.scoring import match_option
+
+        fmt, backbone = self.kind.formatter, self.learner.backbone
         options = task.train_examples[0].options
-        prompts = [self._join(text, instruction, side) for text in inputs if text]
         questions = [Instruction(p, "", options=options) for p in prompts]
-        budget = max(1, window - task.max_new_tokens)
+        budget = max(1, backbone.max_length - task.max_new_tokens)
         answers = [decode_text(backbone, ids) for ids in greedy_decode(
             backbone, [fmt.prompt_ids(q, budget) for q in questions], task.max_new_tokens, device=self.device,
             eos_ids=fmt.eos_ids)]
@@ -71,11 +80,14 @@ class PseudoInstructions:
                 answer = options[pick]
             if answer:
                 out.append(Instruction(prompt, answer, options=options))
-        return out
+        return out, len(prompts) - len(out)
 
     def inputs(self, task, n: int) -> Inputs | None:
         """The pseudo-examples as training inputs of ``task`` (example ids -1: in no split)."""
-        examples = self.examples(task, n)
+        return self.as_inputs(task, self.examples(task, n))
+
+    def as_inputs(self, task, examples: list[Instruction]) -> Inputs | None:
+        """Examples of ``task`` as its training inputs (example ids -1: in no split); None if there are none."""
         if not examples:
             return None
         encoded = [self.kind.formatter.example(e) for e in examples]
@@ -83,10 +95,11 @@ class PseudoInstructions:
         return Inputs(torch.zeros(k, dtype=torch.long), torch.full((k,), task.index), torch.full((k,), -1),
                       tokens=[e.input_ids for e in encoded], targets=[e.labels for e in encoded])
 
-    @staticmethod
-    def _join(text: str, instruction: str, side: str) -> str:
-        if side == "suffix":
-            return text + instruction
-        if side == "prefix":
-            return instruction + text
-        return text
+
+def join_instruction(text: str, instruction: str, side: str) -> str:
+    """An input joined to its task's shared instruction where the task's prompts have it."""
+    if side == "suffix":
+        return text + instruction
+    if side == "prefix":
+        return instruction + text
+    return text
