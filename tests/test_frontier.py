@@ -144,7 +144,7 @@ def test_the_page_escapes_the_frontier_and_writes_its_points(tmp_path):
     assert points[0]["learning"] == pytest.approx(0.7) and points[0]["pareto_old"] is True
 
 
-def test_cli_report_writes_the_frontier_json(tmp_path, monkeypatch):
+def test_cli_report_writes_the_frontier_json_and_png(tmp_path, monkeypatch):
     db = tmp_path / "s.db"
     store = Store(db)
     for r in (run("seq", 0, (0.8, 0.5, 0.6)), run("lora", 0, (0.5, 0.5, 0.5))):
@@ -152,9 +152,10 @@ def test_cli_report_writes_the_frontier_json(tmp_path, monkeypatch):
         store.begin(r["run_id"], r["run_id"], config, str(tmp_path / r["run_id"]))
         store.complete(r["run_id"], r)
     monkeypatch.setattr(sys, "argv", ["forgetlab", "report", "--store", str(db), "-o", str(tmp_path / "r.html"),
-                                      "--frontier-json", str(tmp_path / "f.json")])
+                                      "--frontier-json", str(tmp_path / "f.json"), "--frontier-png", str(tmp_path / "f.png")])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code in (0, None)
     points = {p["label"]: p for p in json.loads((tmp_path / "f.json").read_text())}
     assert points["seq"]["old_drop"] == pytest.approx(0.3) and points["lora"]["learning"] == pytest.approx(0.5)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

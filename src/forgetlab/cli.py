@@ -171,7 +171,9 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write"),
            markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the summary table as Markdown"),
            frontier_json: Optional[Path] = typer.Option(None, "--frontier-json",
-                                                        help="also write the learn-forget frontier's points as JSON")):
+                                                        help="also write the learn-forget frontier's points as JSON"),
+           frontier_png: Optional[Path] = typer.Option(None, "--frontier-png",
+                                                       help="also write the learn-forget frontier's figure as PNG")):
     """One run: (re)write its report.html. Several runs or a store: one comparison, mean ± 95% CI."""
     from .api import load
     from .report import write_report
@@ -196,7 +198,7 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
         raise UserError("report: no completed runs (give run directories or --store DB)")
     target = output or (store.parent if store else Path(".")) / "comparison.html"
     table = write_comparison(runs, target, group_by=group_by, title=f"forgetlab: {len(runs)} runs", references=given,
-                             frontier_json=frontier_json)
+                             frontier_json=frontier_json, frontier_png=frontier_png)
     if markdown:
         markdown.write_text(table)
     sys.stdout.write(table)

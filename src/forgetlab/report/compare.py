@@ -21,12 +21,12 @@ from .summary import (columns_for, format_cell, incremental_curve, lookup, markd
 def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
                      title: str = "forgetlab runs", study: StudySpec | None = None,
                      study_figure: Path | None = None, references: list[dict] | None = None,
-                     frontier_json: Path | None = None) -> str:
+                     frontier_json: Path | None = None, frontier_png: Path | None = None) -> str:
     """Write the HTML comparison of completed runs (results.json dicts) to ``path``, with the ``study``
     section first if one is given (its figure also to ``study_figure``, if given); returns its Markdown
     table (the study's points, then the summary). Each run's intransigence is measured against its
     joint run among ``references`` (default: the runs themselves). The learn–forget frontier's entries
-    also go to ``frontier_json`` as a JSON list, if given."""
+    also go to ``frontier_json`` as a JSON list, and its figure to ``frontier_png``, if given."""
     runs = with_intransigence(runs, runs if references is None else references)
     columns = columns_for(runs)
     rows = summarize(runs, group_by, columns)
@@ -72,6 +72,8 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     frontier = _frontier_section(rows, next(iter(matrices_of(runs[0])), ""))
     if frontier_json is not None:
         Path(frontier_json).write_text(json.dumps(frontier["entries"] if frontier else [], indent=1) + "\n")
+    if frontier_png is not None and frontier:
+        Path(frontier_png).write_bytes(frontier["png"])
     tests = paired_tests(rows, _tested_path(study))
     first = next((c for c in columns if c[0].startswith("metrics.")), None)
     page = _ENV.get_template("compare.html").render(
@@ -107,7 +109,7 @@ def _frontier_section(rows: list[dict], primary: str) -> dict | None:
               "" if e["method_state_mib"] is None else f"{e['method_state_mib']:.1f}",
               "" if e["train_s"] is None else format_cell(e["train_s"], e["train_s_ci"], 1),
               yes_no[e["pareto_old"]], yes_no[e["pareto_general"]]] for e in entries]
-    return {"uri": _data_uri(png), "entries": entries, "table": table, "primary": primary,
+    return {"uri": _data_uri(png), "png": png, "entries": entries, "table": table, "primary": primary,
             "general": GENERAL.get(entries[0]["general_measure"], "general ability's drop")}
 
 
