@@ -7,6 +7,7 @@ import torch
 import forgetlab
 from forgetlab.methods import REGISTRY, method_class
 from forgetlab.methods.components.snapshots import interpolate
+from conftest import tiny_config
 from test_instruction import instruction_config
 from methods_helpers import feature_setup, make_method
 from test_methods_engine import Flaky
@@ -83,3 +84,20 @@ def test_resume_continues_exactly(tmp_path):
     resumed = forgetlab.run(cfg, out=tmp_path / "a", resume=True).raw
     straight = forgetlab.run(cfg, out=tmp_path / "b").raw
     assert _matrices(resumed) == _matrices(straight) and resumed["variants"] == straight["variants"]
+
+
+def test_the_curve_on_a_classification_stream_leaves_the_runs_records_alone(tmp_path):
+    """Variants are evaluated without the kind's records (per-class rows, diagnostics): the run with a
+    curve reports what the run without one does, and its alpha 0 point is the run at alpha 0 (new head
+    blocks join the original model as they were when first trained)."""
+    plain = forgetlab.run(tiny_config(method={"name": "average", "anchor": "original", "carry": "fine_tuned"}),
+                          out=tmp_path / "plain").raw
+    cfg = tiny_config(method={"name": "average", "anchor": "original", "carry": "fine_tuned", "alphas": [0.0]})
+    curve = forgetlab.run(cfg, out=tmp_path / "curve").raw
+    assert curve["accuracy_matrix"] == plain["accuracy_matrix"]
+    assert curve["per_class_accuracy"] == plain["per_class_accuracy"]
+    assert curve["diagnostics"]["summary"] == plain["diagnostics"]["summary"]
+    zero = forgetlab.run(tiny_config(method={"name": "average", "anchor": "original", "carry": "fine_tuned",
+                                             "alpha": 0.0}), out=tmp_path / "zero").raw
+    [at_0] = curve["variants"]["points"]
+    assert at_0["matrices"]["accuracy"]["values"] == zero["accuracy_matrix"] != plain["accuracy_matrix"]

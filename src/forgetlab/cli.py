@@ -181,7 +181,7 @@ def report(run_dirs: list[Path] = typer.Argument(None, help="run directories wit
     from .report.summary import matches, parse_where
 
     run_dirs = run_dirs or []
-    if len(run_dirs) == 1 and store is None:
+    if len(run_dirs) == 1 and store is None and frontier_json is None and frontier_png is None:
         results = load(run_dirs[0])
         out.print(f"report: {write_report(results.raw, output or run_dirs[0] / 'report.html')}")
         return

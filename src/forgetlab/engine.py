@@ -5,7 +5,6 @@ The engine knows a kind only through ``kinds/base.py``'s interface and a method 
 ``methods/base.py``'s hooks."""
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 import traceback
@@ -126,11 +125,8 @@ class Engine:
         if seen:
             state.setdefault("variants", {})
             for value in self.method.variants():
-                kept = copy.deepcopy(self.kind.state)       # a variant's answers are not the run's
                 point = state["variants"].setdefault(str(value), {"value": value, "rows": [], "retention": []})
-                point["rows"].append(self.kind.evaluate(self.method, seen))
-                self.kind.state.clear()
-                self.kind.state.update(kept)
+                point["rows"].append(self.kind.evaluate(self.method, seen, record=False))
                 if self.retention:
                     point["retention"].append(self.retention.measure(self.learner.backbone, self.device))
         return rows
@@ -208,7 +204,7 @@ class Engine:
             "timing": timing, "task_log": state["log"],
             "resources": {**resources(self.device), "trainable_parameters": max((e.get("trainable_parameters", 0)
                                                                                   for e in state["log"]), default=0),
-                          "method_state_mib": _mib(self.method.state())},
+                          "method_state_mib": _mib(self.method.held())},
             "environment": environment(self.cfg.seed, self.device),
         }
 
@@ -226,7 +222,7 @@ class Engine:
 
     def _variants(self, state: dict) -> dict | None:
         """The method's variants, each as a run's matrices, metrics and general ability (None: it has none)."""
-        if not state["variants"]:
+        if not state.get("variants"):
             return None
         points = []
         for point in sorted(state["variants"].values(), key=lambda p: p["value"]):
@@ -245,7 +241,9 @@ def resources(device: torch.device) -> dict:
 
 
 def _mib(tensors: dict[str, torch.Tensor]) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+    """The tensors' size, a storage shared by several counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors.values()}
+    return sum(storages.values()) / 2**20
 
 
 def _new_run_id(cfg: Config) -> str:

@@ -54,8 +54,9 @@ class Kind:
     def start(self, method: "Method", folder: Path) -> None:
         """Called once before the first task (and again on resume), with the run's checkpoint folder."""
 
-    def evaluate(self, method: "Method", seen: int) -> Rows:
-        """One row per matrix after training through the first ``seen`` tasks (0: the baseline)."""
+    def evaluate(self, method: "Method", seen: int, record: bool = True) -> Rows:
+        """One row per matrix after training through the first ``seen`` tasks (0: the baseline); with
+        ``record=False`` (a method's variant) the kind's own records (``state``) are left as they are."""
         raise NotImplementedError
 
     def results(self, matrices: dict[str, dict]) -> dict:

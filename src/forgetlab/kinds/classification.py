@@ -147,13 +147,13 @@ class Classification(Kind):
                 save_file({"features": self.diagnoser.cka_features(self.features)}, str(reference))
             self.cka_reference = load_file(str(reference))["features"]
 
-    def evaluate(self, method, seen: int) -> Rows:
+    def evaluate(self, method, seen: int, record: bool = True) -> Rows:
         if seen and not self.learner.backbone_frozen:   # the backbone trained: features under it went stale
             self._step, self._layers, self._frozen = {}, {}, None
         elif seen:
             self._step, self._layers = {}, {}
         row, class_row = evaluate(self.learner, self.stream.tasks, self.test_features, self.device, seen=seen)
-        if not seen:
+        if not seen or not record:
             return {"accuracy": row, "probe": None}
         self.state["class_rows"].append(class_row)
         self.diagnoser.step(self.stream.tasks[seen - 1], self.learner, self.features, self.device,

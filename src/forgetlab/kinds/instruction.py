@@ -126,7 +126,7 @@ class InstructionTuning(Kind):
         self.state.setdefault("unmatched", [])
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, method, seen: int) -> Rows:
+    def evaluate(self, method, seen: int, record: bool = True) -> Rows:
         generated, likelihood, unmatched, kept = [], [], [], {}
         for task in self.stream.tasks:
             method.eval_task(task)
@@ -139,8 +139,9 @@ class InstructionTuning(Kind):
                 likelihood.append(self.likelihood_score(task))
             kept[task.name] = [{"prompt": ex.prompt[-300:], "reference": ex.response, "prediction": text, "score": s}
                                for ex, text, s in list(zip(task.test_examples, answers, scores))[: self.cfg.data.keep_predictions]]
-        self.state["predictions"].append(kept)
-        self.state["unmatched"].append(unmatched)
+        if record:
+            self.state["predictions"].append(kept)
+            self.state["unmatched"].append(unmatched)
         return {"generated": generated, "likelihood": likelihood if self.cfg.data.likelihood else None}
 
     def answer(self, task: InstructionTask) -> list[str]:

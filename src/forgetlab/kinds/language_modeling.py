@@ -88,7 +88,7 @@ class LanguageModeling(Kind):
                 self.inputs(task, split)
 
     @torch.inference_mode()
-    def evaluate(self, method, seen: int) -> Rows:
+    def evaluate(self, method, seen: int, record: bool = True) -> Rows:
         """Mean next-token NLL, its perplexity and top-1 accuracy on every task's held-out windows."""
         self.learner.eval()
         nll_row, accuracy_row = [], []

@@ -37,9 +37,10 @@ class Average(Method):
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        bad = [a for a in cfg.alphas if not 0 <= a <= 1]
+        bad = [a for a in cfg.alphas if not 0 <= a <= 1 or a == cfg.alpha]
         if bad:
-            raise UserError(f"method.alphas: interpolation coefficients lie in [0, 1], not {bad[0]}")
+            raise UserError(f"method.alphas: further coefficients in [0, 1] other than method.alpha "
+                            f"({cfg.alpha}), not {bad[0]}")
         self.original = self.anchor = self.trained = None
 
     @property
@@ -48,12 +49,15 @@ class Average(Method):
 
     def before_task(self, task):
         super().before_task(task)
+        params = self.trainable()
         if self.cfg.carry == "fine_tuned" and self.trained is not None:
-            assign(self.trainable(), self.trained)
+            assign(params, {n: w for n, w in self.trained.items() if n in params})
         if self.cfg.anchor == "previous":
-            self.anchor = snapshot(self.trainable())
-        elif self.original is None:
-            self.original = self.anchor = snapshot(self.trainable())
+            self.anchor = snapshot(params)
+        else:       # a parameter first trained now (a new head block) joins the original as it is
+            self.original = {**snapshot({n: p for n, p in params.items() if n not in (self.original or {})}),
+                             **(self.original or {})}
+            self.anchor = self.original
 
     def after_task(self, task):
         super().after_task(task)
@@ -72,6 +76,10 @@ class Average(Method):
         (``carry: fine_tuned``); the previous task's anchor is taken afresh before each task."""
         kept = {"original": self.original, "trained": self.trained if self.cfg.carry == "fine_tuned" else None}
         return {**super().state(), **{f"{key}.{n}": t for key, weights in kept.items() if weights for n, t in weights.items()}}
+
+    def held(self):
+        kept = {"original": self.original, "anchor": self.anchor, "trained": self.trained}
+        return {f"{key}.{n}": t for key, weights in kept.items() if weights for n, t in weights.items()}
 
     def load_state(self, state):
         super().load_state(state)

@@ -157,6 +157,11 @@ class Method:
         """Tensors resume must restore (saved as safetensors)."""
         return self.memory.state() if self.memory is not None else {}
 
+    def held(self) -> dict[str, torch.Tensor]:
+        """Every tensor the method keeps besides the model (results.json ``resources.method_state_mib``):
+        what resume restores, unless a method holds more."""
+        return self.state()
+
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state` returned."""
         if self.memory is not None:

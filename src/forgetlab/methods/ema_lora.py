@@ -63,11 +63,15 @@ class EMALoRA(IncLoRA):
         loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX) + self.penalty(batch, out)
         if memory is None or self.cfg.consistency == 0:
             return loss
-        with torch.no_grad():
+        with torch.no_grad():                   # the slow learner's outputs, without dropout
             self.use([SLOW], None)
+            self.learner.eval()
             slow = self.learner(memory).logits
+            self.learner.train()
             self.use([FAST], FAST)
-        fast, kept = outs[1].logits, slow.isfinite()          # classes ruled out (-inf) compare nothing
+        scored = outs[1].targets != IGNORE_INDEX                # rows with a target (not prompt or padding)
+        fast, slow = outs[1].logits[scored], slow[scored]
+        kept = slow.isfinite()                                  # classes ruled out (-inf) compare nothing
         return loss + self.cfg.consistency * F.mse_loss(fast[kept], torch.maximum(fast, slow)[kept].detach())
 
     def after_step(self):

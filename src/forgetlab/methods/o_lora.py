@@ -49,9 +49,8 @@ class OLoRA(IncLoRA):
     def loss(self, batch, out):
         task_loss = super().loss(batch, out)
         orth, l2 = self.terms()
-        self.sums["task_loss"] += task_loss.item()
-        self.sums["orthogonality"] += orth.item()
-        self.sums["l2"] += l2.item()
+        for key, term in (("task_loss", task_loss), ("orthogonality", orth), ("l2", l2)):
+            self.sums[key] = self.sums[key] + term.detach()       # no device sync per step
         self.calls += 1
         return task_loss + self.cfg.lambda1 * orth + self.cfg.lambda2 * l2
 
@@ -62,5 +61,5 @@ class OLoRA(IncLoRA):
                        for layer in self.lora_layers())
 
     def task_summary(self, task):
-        means = {k: v / max(self.calls, 1) for k, v in self.sums.items()}
+        means = {k: float(v) / max(self.calls, 1) for k, v in self.sums.items()}
         return {**means, "update_norm": self.update_norm()}

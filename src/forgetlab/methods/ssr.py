@@ -120,6 +120,10 @@ class SSR(Method):
                 out[f"{PREFIX}{t}.{j}"] = torch.tensor(list(p.encode("utf-8")), dtype=torch.uint8)
         return out
 
+    def held(self):
+        """The demonstrations and the base model's frozen copy."""
+        return {**self.state(), **{f"base.{n}": t for n, t in self.base.state_dict().items()}}
+
     def load_state(self, state):
         super().load_state(state)
         keys = sorted((tuple(map(int, k[len(PREFIX):].split("."))), k) for k in state if k.startswith(PREFIX))
