@@ -4,6 +4,7 @@ with matplotlib's Agg backend."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -225,12 +226,16 @@ def p_by_size_png(sizes: Sequence[int], p_values: Sequence[float], alpha: float)
 
 def frontier_png(panels: Sequence[dict], ylabel: str) -> bytes:
     """Learning (y) against a drop (x), one panel each: ``{"title", "xlabel", "points": [{"label", "group",
-    "variant", "value", "x", "y", "xerr", "yerr", "pareto"}]}``. Error bars where given; Pareto-optimal points
-    filled, the others hollow, the optimal ones joined by a step line; each group's points that carry a
-    value (its variants and its own run's, e.g. alpha) joined in value order; every point annotated with its label. One colour per group."""
+    "variant", "value", "x", "y", "xerr", "yerr", "pareto"}]}``. Error bars where given (clipped: the axes
+    span the points); Pareto-optimal points filled, the others hollow, the optimal ones joined by a step
+    line; each group's points that carry a value (its variants and its own run's, e.g. alpha) joined in
+    value order and marked with it. One colour and number per group, named in the legend below."""
     groups = list(dict.fromkeys(p["group"] for panel in panels for p in panel["points"]))
-    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False)
+    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    colours = {g: palette(i % palette.N) for i, g in enumerate(groups)}
+    number = {g: i + 1 for i, g in enumerate(groups)}
+    legend_inches = 0.25 + 0.15 * math.ceil((len(groups) + 3) / 2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0 + legend_inches), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         points = panel["points"]
         for group in groups:
@@ -240,18 +245,25 @@ def frontier_png(panels: Sequence[dict], ylabel: str) -> bytes:
         for p in points:
             colour = colours[p["group"]]
             ax.errorbar(p["x"], p["y"], xerr=p["xerr"], yerr=p["yerr"], fmt="o", markersize=4 if p["variant"] else 7,
-                        color=colour, markerfacecolor=colour if p["pareto"] else "none", ecolor=(*colour[:3], 0.4),
+                        color=colour, markerfacecolor=colour if p["pareto"] else "none", ecolor=(*colour[:3], 0.3),
                         elinewidth=0.8, capsize=2)
-            ax.annotate(_label(p["label"]), (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7 if p["variant"] else 8, color=colour)
+            text = f"{number[p['group']]}" + (f" {p['value']:g}" if p.get("value") is not None else "")
+            ax.annotate(text, (p["x"], p["y"]), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour)
         best = sorted((p["x"], p["y"]) for p in points if p["pareto"])
         ax.step([x for x, _ in best], [y for _, y in best], where="post", color="grey", linestyle="--", linewidth=1)
+        for axis, key in ((ax.set_xlim, "x"), (ax.set_ylim, "y")):
+            values = [p[key] for p in points]
+            pad = max(0.15 * (max(values) - min(values)), 0.01)
+            axis(min(values) - pad, max(values) + pad)
         ax.set_title(_label(panel["title"]))
         ax.set_xlabel(_label(panel["xlabel"]))
         ax.set_ylabel(_label(ylabel))
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color="black", label="Pareto-optimal"),
-               plt.Line2D([], [], marker="o", linestyle="", color="black", markerfacecolor="none", label="dominated"),
-               plt.Line2D([], [], color="grey", linestyle="--", label="frontier")]
-    axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[g], label=_label(f"{number[g]}  {g}"))
+               for g in groups]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color="black", label="Pareto-optimal"),
+                plt.Line2D([], [], marker="o", linestyle="", color="black", markerfacecolor="none", label="dominated"),
+                plt.Line2D([], [], color="grey", linestyle="--", label="frontier")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / (5.0 + legend_inches), 1, 1))
     return _png(fig)
