@@ -67,6 +67,13 @@ class Context:
         return merged.subset(torch.cat(where).argsort())
 
 
+def joint_cross_entropy(outs: list[Output]) -> torch.Tensor:
+    """Cross-entropy over the rows of several outputs together (-100 targets: no loss)."""
+    logits = torch.cat([o.logits.flatten(0, -2) for o in outs])
+    targets = torch.cat([o.targets.flatten() for o in outs])
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+
+
 class Method:
     """Sequential training with cross-entropy: the base every method builds on."""
 
@@ -98,13 +105,13 @@ class Method:
     def loss(self, batch: dict, out: Output) -> torch.Tensor:
         """Cross-entropy of the learner's rows against their targets (-100: no loss), over the batch
         joined by a memory batch if there is a memory, plus ``penalty``."""
-        outs = [out]
+        outs, _ = self.with_memory(out)
+        return joint_cross_entropy(outs) + self.penalty(batch, out)
+
+    def with_memory(self, out: Output) -> tuple[list[Output], dict | None]:
+        """The batch's output joined by a memory batch's (if there is a memory), and that batch."""
         memory = self.memory_batch()
-        if memory is not None:
-            outs.append(self.learner(memory))
-        logits = torch.cat([o.logits.flatten(0, -2) for o in outs])
-        targets = torch.cat([o.targets.flatten() for o in outs])
-        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX) + self.penalty(batch, out)
+        return ([out] if memory is None else [out, self.learner(memory)]), memory
 
     def penalty(self, batch: dict, out: Output) -> torch.Tensor:
         """A regulariser added to the loss (EWC, MAS, LwF override this)."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..models.causal_lm import IGNORE_INDEX
+from .base import joint_cross_entropy
 from .components.memory import ReplayConfig
 from .inc_lora import IncLoRA, IncLoRAConfig
 
@@ -54,13 +55,8 @@ class EMALoRA(IncLoRA):
         self.use([FAST], FAST)
 
     def loss(self, batch, out):
-        outs = [out]
-        memory = self.memory_batch()
-        if memory is not None:
-            outs.append(self.learner(memory))
-        logits = torch.cat([o.logits.flatten(0, -2) for o in outs])
-        targets = torch.cat([o.targets.flatten() for o in outs])
-        loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX) + self.penalty(batch, out)
+        outs, memory = self.with_memory(out)
+        loss = joint_cross_entropy(outs) + self.penalty(batch, out)
         if memory is None or self.cfg.consistency == 0:
             return loss
         with torch.no_grad():                   # the slow learner's outputs, without dropout
