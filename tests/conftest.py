@@ -62,3 +62,26 @@ def tiny_config(**sections) -> dict:
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
+
+
+def killed_and_resumed(cfg: dict, out, kind_cls, monkeypatch, evaluations: int) -> dict:
+    """Run ``cfg`` into ``out`` and kill it when ``evaluations`` evaluations are done (the baseline is the
+    first); check it is marked failed, resume it, and return the resumed run's results."""
+    import json
+
+    import forgetlab
+
+    real, calls = kind_cls.evaluate, []
+
+    def dies(self, method, seen, record=True):
+        if len(calls) == evaluations:
+            raise RuntimeError("killed")
+        calls.append(1)
+        return real(self, method, seen, record)
+
+    monkeypatch.setattr(kind_cls, "evaluate", dies)
+    with pytest.raises(RuntimeError):
+        forgetlab.run(cfg, out=out)
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(kind_cls, "evaluate", real)
+    return forgetlab.run(cfg, out=out, resume=True).raw

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import forgetlab
+from conftest import killed_and_resumed
 from forgetlab.config import BackboneConfig
 from forgetlab.models.formatting import PLAIN, Formatter
 from forgetlab.data.instructions import BENCHMARKS, Instruction, build_instruction_stream, load_task, read_instructions
@@ -240,19 +241,7 @@ def test_a_tiny_gpt_through_a_two_task_instruction_stream(tmp_path):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     cfg = instruction_config(tmp_path, train={"epochs": 1})
     straight = forgetlab.run(cfg, out=tmp_path / "a").raw
-    real, calls = InstructionTuning.evaluate, []
-
-    def dies_after_task_0(self, method, seen):
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        calls.append(1)
-        return real(self, method, seen)
-
-    monkeypatch.setattr(InstructionTuning, "evaluate", dies_after_task_0)
-    with pytest.raises(RuntimeError):
-        forgetlab.run(cfg, out=tmp_path / "b")
-    monkeypatch.setattr(InstructionTuning, "evaluate", real)
-    resumed = forgetlab.run(cfg, out=tmp_path / "b", resume=True).raw
+    resumed = killed_and_resumed(cfg, tmp_path / "b", InstructionTuning, monkeypatch, evaluations=2)    # after task 1
     for name in ("generated", "likelihood"):
         assert resumed["matrices"][name]["values"] == straight["matrices"][name]["values"]
     assert resumed["predictions"] == straight["predictions"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import yaml
 
 import forgetlab
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, killed_and_resumed
 from forgetlab.experiment import load_config
 from forgetlab.data.lm_stream import build_lm_stream
 from forgetlab.engine import Engine
@@ -153,20 +153,7 @@ def test_same_config_same_numbers_and_resume_continues_exactly(tmp_path, monkeyp
     assert straight["perplexity_matrix"] == again["perplexity_matrix"]
     assert straight["accuracy_matrix"] == again["accuracy_matrix"]
 
-    real, calls = LanguageModeling.evaluate, []
-
-    def dies_after_task_0(self, method, seen):    # baseline, after task 0, then the run dies
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        calls.append(1)
-        return real(self, method, seen)
-
-    monkeypatch.setattr(LanguageModeling, "evaluate", dies_after_task_0)
-    with pytest.raises(RuntimeError):
-        forgetlab.run(lm_config(), out=tmp_path / "c")
-    assert json.loads((tmp_path / "c" / "results.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(LanguageModeling, "evaluate", real)
-    resumed = forgetlab.run(lm_config(), out=tmp_path / "c", resume=True).raw
+    resumed = killed_and_resumed(lm_config(), tmp_path / "c", LanguageModeling, monkeypatch, evaluations=2)
     assert resumed["perplexity_matrix"] == straight["perplexity_matrix"]
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from test_instruction import instruction_config
 
 import forgetlab
+from conftest import killed_and_resumed
 from forgetlab.engine import Engine
 from forgetlab.experiment import load_config
 from forgetlab.kinds.instruction import InstructionTuning
@@ -110,18 +110,6 @@ def test_a_three_task_run_rehearses_both_old_tasks_and_resumes_exactly(tmp_path,
         assert all(c["made"] + c["dropped"] == 4 for c in log["method"]["synthetic"].values())
         assert made >= 1 and log["examples"] == (29 + made) * 10                 # 29 own examples and the synthetic ones, 10 epochs
 
-    real, calls = InstructionTuning.evaluate, []
-
-    def dies_after_task_1(self, method, seen):
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        calls.append(1)
-        return real(self, method, seen)
-
-    monkeypatch.setattr(InstructionTuning, "evaluate", dies_after_task_1)
-    with pytest.raises(RuntimeError):
-        forgetlab.run(cfg, out=tmp_path / "b")
-    monkeypatch.setattr(InstructionTuning, "evaluate", real)
-    resumed = forgetlab.run(cfg, out=tmp_path / "b", resume=True).raw
+    resumed = killed_and_resumed(cfg, tmp_path / "b", InstructionTuning, monkeypatch, evaluations=3)    # after task 2
     assert resumed["matrices"]["generated"]["values"] == straight["matrices"]["generated"]["values"]
     assert [log["method"] for log in resumed["task_log"]] == logs
