@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from .base import Method, MethodConfig
 from .components import merging
+from .components.snapshots import assign, snapshot
 
 
 class MergeConfig(MethodConfig):
@@ -58,24 +59,18 @@ class Merge(Method):
     def before_task(self, task):
         super().before_task(task)
         params = self.trainable()
-        for n, p in params.items():
-            self.theta0.setdefault(n, _copy(p))
+        self.theta0 = {**snapshot({n: p for n, p in params.items() if n not in self.theta0}, torch.float32), **self.theta0}
         if self.cfg.start == "base":
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(self.theta0[n])
-        self.start = {n: _copy(p) for n, p in params.items()}
+            assign(params, {n: self.theta0[n] for n in params})
+        self.start = snapshot(params, torch.float32)
 
     def after_task(self, task):
         super().after_task(task)
-        self.tasks.append({n: _copy(p) - self.start[n] for n, p in self.trainable().items() if n in self.start})
+        trained = snapshot({n: p for n, p in self.trainable().items() if n in self.start}, torch.float32)
+        self.tasks.append({n: w - self.start[n] for n, w in trained.items()})
         self.start = {}
         merged = self.merged()
-        params = dict(self.learner.named_parameters())
-        with torch.no_grad():
-            for n, theta in self.theta0.items():
-                if n in merged:
-                    params[n].copy_(theta + merged[n])
+        assign(dict(self.learner.named_parameters()), {n: theta + merged[n] for n, theta in self.theta0.items() if n in merged})
         nonzero, size = sum(int(m.count_nonzero()) for m in merged.values()), sum(m.numel() for m in merged.values())
         self.summary = {"task_vector_norm": _norm(self.tasks[-1].values()), "merged_norm": _norm(merged.values()),
                         "kept": nonzero / max(1, size)}
@@ -105,10 +100,6 @@ class Merge(Method):
         self.tasks = [{} for _ in range(1 + max((int(i) for i, _ in tau), default=-1))]
         for i, n in tau:
             self.tasks[int(i)][n] = state[f"merge.tau.{i}.{n}"]
-
-
-def _copy(p: torch.Tensor) -> torch.Tensor:
-    return p.detach().to("cpu", torch.float32, copy=True)
 
 
 def _norm(tensors) -> float:

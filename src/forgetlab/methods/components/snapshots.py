@@ -7,9 +7,9 @@ import torch
 Weights = dict[str, torch.Tensor]
 
 
-def snapshot(params: dict[str, torch.nn.Parameter]) -> Weights:
-    """A detached CPU copy of each parameter."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+def snapshot(params: dict[str, torch.nn.Parameter], dtype: torch.dtype | None = None) -> Weights:
+    """A detached CPU copy of each parameter (in ``dtype`` if given)."""
+    return {n: p.detach().to("cpu", dtype, copy=True) for n, p in params.items()}
 
 
 @torch.no_grad()
