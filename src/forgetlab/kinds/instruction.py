@@ -17,6 +17,7 @@ answers of every task after every task are kept for the report.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -110,13 +111,27 @@ class InstructionTuning(Kind):
                                         tokens=[e.input_ids for e in encoded], targets=[e.labels for e in encoded])
         return self._encoded[key]
 
-    def prompts(self, task: InstructionTask) -> list[list[int]]:
-        """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``."""
+    def prompts(self, task: InstructionTask, method: "Method | None" = None) -> list[list[int]]:
+        """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``; where
+        the method gives demonstrations (a retrieval memory), each prompt with its own before it."""
+        backbone = self.learner.backbone
+        budget = prompt_budget(backbone.max_length, task.max_new_tokens, max_positions(backbone.model))
+        demonstrations = method.demonstrations(task, task.test_examples) if method is not None else None
+        if demonstrations is not None:
+            return [self.with_demonstrations(ex, demos, method.retrieval.assemble, budget)
+                    for ex, demos in zip(task.test_examples, demonstrations)]
         if task.index not in self._prompts:
-            backbone = self.learner.backbone
-            budget = prompt_budget(backbone.max_length, task.max_new_tokens, max_positions(backbone.model))
             self._prompts[task.index] = [self.formatter.prompt_ids(ex, budget) for ex in task.test_examples]
         return self._prompts[task.index]
+
+    def with_demonstrations(self, example, demos: list[str], assemble, budget: int) -> list[int]:
+        """The prompt ids with as many of its demonstrations (nearest first) as fit the budget whole; the
+        question itself is cut from the left only when none fits."""
+        for keep in range(len(demos), 0, -1):
+            ids = self.formatter.prompt_ids(replace(example, prompt=assemble(demos[:keep], example.prompt)), 10**9)
+            if len(ids) <= budget:
+                return ids
+        return self.formatter.prompt_ids(example, budget)
 
     def start(self, method, folder) -> None:
         for task in self.stream.tasks:          # tokenize now: a task that cannot be encoded fails before training
@@ -130,13 +145,14 @@ class InstructionTuning(Kind):
         generated, likelihood, unmatched, kept = [], [], [], {}
         for task in self.stream.tasks:
             method.eval_task(task)
-            answers = self.answer(task)
+            prompts = self.prompts(task, method)
+            answers = self.answer(task, prompts)
             scores = [self.score(task, ex, text) for ex, text in zip(task.test_examples, answers)]
             generated.append(sum(scores) / len(scores))
             closed = [(ex, text) for ex, text in zip(task.test_examples, answers) if ex.options]
             unmatched.append(sum(match_option(t, ex.options) is None for ex, t in closed) / len(closed) if closed else None)
             if self.cfg.data.likelihood:
-                likelihood.append(self.likelihood_score(task))
+                likelihood.append(self.likelihood_score(task, prompts))
             kept[task.name] = [{"prompt": ex.prompt[-300:], "reference": ex.response, "prediction": text, "score": s}
                                for ex, text, s in list(zip(task.test_examples, answers, scores))[: self.cfg.data.keep_predictions]]
         if record:
@@ -144,12 +160,12 @@ class InstructionTuning(Kind):
             self.state["unmatched"].append(unmatched)
         return {"generated": generated, "likelihood": likelihood if self.cfg.data.likelihood else None}
 
-    def answer(self, task: InstructionTask) -> list[str]:
-        """Greedy answers to the task's test prompts, each ending at an end of turn, a stop string or
-        ``max_new_tokens``."""
+    def answer(self, task: InstructionTask, prompts: list[list[int]]) -> list[str]:
+        """Greedy answers to the task's test prompts (``prompts``' ids), each ending at an end of turn, a
+        stop string or ``max_new_tokens``."""
         backbone = self.learner.backbone
         stop = self.cfg.data.stop
-        outs = greedy_decode(backbone, self.prompts(task), task.max_new_tokens, device=self.device,
+        outs = greedy_decode(backbone, prompts, task.max_new_tokens, device=self.device,
                              batch_size=self.cfg.train.eval_batch_size, eos_ids=self.formatter.eos_ids, stop_strings=stop)
         return [decode_text(backbone, ids, stop) for ids in outs]
 
@@ -157,13 +173,13 @@ class InstructionTuning(Kind):
     def score(task: InstructionTask, example, text: str) -> float:
         return score(example.metric or task.metric, text, example.response, example.options)
 
-    def likelihood_score(self, task: InstructionTask) -> float:
+    def likelihood_score(self, task: InstructionTask, prompts: list[list[int]]) -> float:
         """Accuracy of the most likely option (closed answer sets) or the reference's mean per-token
         probability (free answers), averaged over the task's test examples."""
         fmt, examples = self.formatter, task.test_examples
         continuations = [[fmt.continuation(o) for o in ex.options] if ex.options else [fmt.continuation(ex.response)]
                          for ex in examples]
-        logprobs = continuation_logprobs(self.learner.backbone, self.prompts(task), continuations, self.device)
+        logprobs = continuation_logprobs(self.learner.backbone, prompts, continuations, self.device)
         values = []
         for ex, lp, conts in zip(examples, logprobs, continuations):
             if ex.options:

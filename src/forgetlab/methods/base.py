@@ -17,11 +17,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from ..config import HeadConfig, Section, TrainConfig
+from ..errors import UserError
 from ..data.stream import Stream, Task
 from ..models.learner import Learner, Output
 from ..models.causal_lm import IGNORE_INDEX
 from ..train.batching import Inputs, make_batch
 from .components.memory import Memory, ReplayConfig
+from .components.retrieval import RetrievalConfig, RetrievalMemory
 
 REGISTRY: dict[str, type["Method"]] = {}
 ANY_KIND = "*"
@@ -30,6 +32,7 @@ ANY_KIND = "*"
 class MethodConfig(Section):
     name: str
     replay: ReplayConfig | None = None     # compose an episodic memory with any method
+    retrieval: RetrievalConfig | None = None   # instruction streams: stored examples as demonstrations
 
 
 @dataclass
@@ -89,6 +92,22 @@ class Method:
     def __init__(self, cfg: MethodConfig, learner: Learner, ctx: Context):
         self.cfg, self.learner, self.ctx = cfg, learner, ctx
         self.memory = Memory(cfg.replay.size, cfg.replay.strategy) if cfg.replay else None
+        self.retrieval = self._retrieval_memory(cfg.retrieval, ctx)
+
+    def _retrieval_memory(self, cfg: RetrievalConfig | None, ctx: Context) -> RetrievalMemory | None:
+        if cfg is None:
+            return None
+        if getattr(ctx.kind, "name", None) != "instruction":
+            raise UserError("method.retrieval: puts stored examples into prompts; only on instruction streams "
+                            "(data.scenario: instruction; on classification, see knn_memory)")
+        if cfg.variants and type(self).variants is not Method.variants:
+            raise UserError(f"method.retrieval.variants: {self.name} evaluates its own variants; "
+                            "retrieval's cannot be added to them")
+        if cfg.k in cfg.variants:
+            raise UserError(f"method.retrieval.variants: further k other than retrieval.k ({cfg.k}), not {cfg.k}")
+        if cfg.variants:
+            self.variant_parameter, self.variant_value = "retrieval.k", cfg.k
+        return RetrievalMemory(cfg, ctx.stream, ctx.device)
 
     @classmethod
     def head_config(cls, cfg: MethodConfig, head: HeadConfig) -> HeadConfig:
@@ -136,17 +155,30 @@ class Method:
             data = self.ctx.inputs(task, "train")
             order = torch.randperm(len(data))
             self.memory.add(data.task_ids[order], data.example_ids[order], data.labels[order])
+        if self.retrieval is not None:
+            self.retrieval.add(task)
 
     def task_summary(self, task: Task) -> dict:
         """Figures of the method's own on the task just trained (e.g. a penalty's mean), recorded in
-        results.json's ``task_log`` under ``method``; called after ``after_task``."""
-        return {}
+        results.json's ``task_log`` under ``method``; called after the task is evaluated (a retrieval
+        memory's cost: entries, index size, time per query). A subclass merges ``super()``'s."""
+        return self.retrieval.cost() if self.retrieval is not None else {}
 
     def variants(self) -> Iterator[float]:
         """Other versions of the model evaluated after each task besides the one the stream carries on
         with (weight averaging's alpha curve): set the model to each, yield its ``variant_parameter``
-        value, and restore the model after the last."""
-        return iter(())
+        value, and restore the model after the last. By default, a retrieval memory's further ``k``."""
+        if self.retrieval is None:
+            return
+        for k in self.retrieval.cfg.variants:
+            self.retrieval.k = k
+            yield k
+        self.retrieval.k = self.retrieval.cfg.k
+
+    def demonstrations(self, task: Task, examples: list) -> list[list[str]] | None:
+        """Per test example of an instruction task, the demonstrations put before its prompt (nearest
+        first), or None: the prompt as it is. A retrieval memory's, by default."""
+        return self.retrieval.demonstrations(examples) if self.retrieval is not None else None
 
     variant_parameter: ClassVar[str | None] = None     # what distinguishes the variants, e.g. "alpha"
     variant_value: float | None = None                 # this run's own value of it
@@ -162,7 +194,8 @@ class Method:
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors resume must restore (saved as safetensors)."""
-        return self.memory.state() if self.memory is not None else {}
+        out = self.memory.state() if self.memory is not None else {}
+        return out | (self.retrieval.state() if self.retrieval is not None else {})
 
     def held(self) -> dict[str, torch.Tensor]:
         """Every tensor the method keeps besides the model (results.json ``resources.method_state_mib``):
@@ -173,6 +206,8 @@ class Method:
         """Restore what :meth:`state` returned."""
         if self.memory is not None:
             self.memory.load_state(state)
+        if self.retrieval is not None:
+            self.retrieval.load_state(state)
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def memory_batch(self) -> dict | None:

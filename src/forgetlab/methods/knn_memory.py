@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import Method, MethodConfig
+from .components.index import VectorIndex
 
 
 class KNNConfig(MethodConfig):
@@ -34,8 +35,7 @@ class KNNMemory(Method):
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
-        self.keys = torch.zeros(0, learner.backbone.dim)
-        self.values = torch.zeros(0, dtype=torch.long)
+        self.index = VectorIndex(learner.backbone.dim, cfg.metric)   # features -> labels (shared with ``retrieval``)
         self.stored: list[int] = []                 # tasks whose examples are in the memory
         learner.scorer = self.scores
 
@@ -48,11 +48,10 @@ class KNNMemory(Method):
         self.stored.append(task.index)
         if self.learner.backbone_frozen:        # stored features stay valid: add the new task's
             data = self.ctx.inputs(task, "train")
-            self.keys, self.values = torch.cat([self.keys, self.encode(data)]), torch.cat([self.values, data.labels])
+            self.index.add(self.encode(data), data.labels)
             return
         datas = [self.ctx.inputs(self.ctx.stream.tasks[t], "train") for t in self.stored]   # re-encode all
-        self.keys = torch.cat([self.encode(d) for d in datas])
-        self.values = torch.cat([d.labels for d in datas])
+        self.index.replace(torch.cat([self.encode(d) for d in datas]), torch.cat([d.labels for d in datas]))
 
     @torch.no_grad()
     def encode(self, data) -> torch.Tensor:
@@ -61,20 +60,14 @@ class KNNMemory(Method):
 
     def neighbours(self, queries: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Indices [B, k'] of each query's nearest stored keys whose label is allowed (k' = min(k, M))."""
-        keys = self.keys.to(queries.device)
-        if self.cfg.metric == "cosine":
-            closeness = F.normalize(queries.float(), dim=-1) @ F.normalize(keys, dim=-1).T
-        else:
-            closeness = -torch.cdist(queries.float(), keys)
-        closeness = closeness.masked_fill(~allowed[:, self.values.to(queries.device)], float("-inf"))
-        return closeness.topk(min(self.cfg.k, len(keys)), dim=-1).indices
+        return self.index.search(queries, self.cfg.k, allowed)
 
     def scores(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Log of blend * (k-NN vote shares) + (1 - blend) * softmax(head)."""
         num_classes = mask.size(1)
         probs = torch.zeros(len(features), num_classes, device=features.device)
-        if len(self.keys):
-            labels = self.values.to(features.device)[self.neighbours(features, mask)]
+        if len(self.index):
+            labels = self.index.values.to(features.device)[self.neighbours(features, mask)]
             probs = F.one_hot(labels, num_classes).float().mean(1)
         if self.cfg.blend < 1:
             head = self.learner.head(features).masked_fill(~mask, float("-inf")).softmax(-1)
@@ -82,9 +75,9 @@ class KNNMemory(Method):
         return probs.clamp_min(1e-12).log()
 
     def state(self):
-        return {**super().state(), "knn.keys": self.keys, "knn.values": self.values,
-                "knn.stored": torch.tensor(self.stored, dtype=torch.long)}
+        return {**super().state(), **self.index.state("knn."), "knn.stored": torch.tensor(self.stored, dtype=torch.long)}
 
     def load_state(self, state):
         super().load_state(state)
-        self.keys, self.values, self.stored = state["knn.keys"], state["knn.values"], state["knn.stored"].tolist()
+        self.index.load_state(state, "knn.")
+        self.stored = state["knn.stored"].tolist()

@@ -86,7 +86,7 @@ class Merge(Method):
     def task_summary(self, task):
         """The new task vector's and the merged vector's L2 norms, and the fraction of the merged vector's
         coordinates that are not zero (what TIES kept)."""
-        return self.summary
+        return {**super().task_summary(task), **self.summary}
 
     def state(self):
         out = {f"merge.theta0.{n}": t for n, t in self.theta0.items()}

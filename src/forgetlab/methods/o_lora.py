@@ -62,4 +62,4 @@ class OLoRA(IncLoRA):
 
     def task_summary(self, task):
         means = {k: float(v) / max(self.calls, 1) for k, v in self.sums.items()}
-        return {**means, "update_norm": self.update_norm()}
+        return {**super().task_summary(task), **means, "update_norm": self.update_norm()}

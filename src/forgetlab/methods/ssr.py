@@ -110,7 +110,7 @@ class SSR(Method):
     def task_summary(self, task):
         """Per old task: the synthetic examples made, and those dropped (an empty input or answer, or an
         answer naming no option)."""
-        return {"synthetic": self.counts} if self.counts else {}
+        return super().task_summary(task) | ({"synthetic": self.counts} if self.counts else {})
 
     # -- resume ---------------------------------------------------------------------------------
     def state(self):
