@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import ConfigDict, Field
@@ -36,6 +36,9 @@ from ..models.learner import Learner, Output
 from ..models.peft import max_positions
 from ..train.batching import Inputs
 from .base import Kind, Rows
+
+if TYPE_CHECKING:
+    from ..methods.base import Method
 
 CLASSIFICATION_EVAL = ("probe", "probe_layers", "cka")
 
@@ -111,7 +114,7 @@ class InstructionTuning(Kind):
                                         tokens=[e.input_ids for e in encoded], targets=[e.labels for e in encoded])
         return self._encoded[key]
 
-    def prompts(self, task: InstructionTask, method: "Method | None" = None) -> list[list[int]]:
+    def prompts(self, task: InstructionTask, method: Method | None = None) -> list[list[int]]:
         """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``; where
         the method gives demonstrations (a retrieval memory), each prompt with its own before it."""
         backbone = self.learner.backbone
