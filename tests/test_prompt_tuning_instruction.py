@@ -79,9 +79,9 @@ def test_likelihood_equals_a_log_softmax_sum_from_a_full_forward(name, llama_fol
             assert score == pytest.approx(expected, abs=1e-4)
 
 
-def pt_config(tmp_path, **sections):
+def pt_config(tmp_path, train=None, **sections):
     return instruction_config(tmp_path, method={"name": "prompt_tuning", "num_virtual_tokens": VIRTUAL},
-                              train={"epochs": 2}, **sections)
+                              train={"epochs": 2, **(train or {})}, **sections)
 
 
 def test_only_the_prompt_embeddings_train(tmp_path):
