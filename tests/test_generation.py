@@ -167,12 +167,3 @@ def test_max_new_tokens_is_respected_and_must_be_positive():
             greedy_decode(backbone, prompts, bad, device=CPU)
     with pytest.raises(ValueError, match="64 positions"):
         greedy_decode(backbone, [[3] * 60], 5, device=CPU)
-
-
-def test_prompt_tuning_is_refused():
-    import peft
-
-    backbone = gpt2()
-    wrap_with_peft(backbone, ["t0"], lambda: peft.PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=2))
-    with pytest.raises(ValueError, match="prompt tuning"):
-        greedy_decode(backbone, [[3, 4]], 2, device=CPU)

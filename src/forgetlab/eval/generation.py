@@ -5,6 +5,10 @@ LoRA, adapters) apart from its output layer (``backbone.lm_head``), so there is 
 ``PreTrainedModel.generate`` to call for every backbone. It is a plain loop over transformers' own KV
 cache: prompts left-padded in length-sorted batches, position ids from the attention mask, one new
 token fed per step, argmax of its logits.
+
+Under prompt tuning the virtual tokens enter the cache once: the prompt's pass puts their embeddings
+first (positions 0..n-1, then the prompt's own positions shifted by n), and every later pass feeds the
+base model (peft's forward would prepend them again) with the mask and positions shifted past them.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.peft import max_positions
+from ..models.peft import max_positions, virtual_tokens
 from ..train.batching import left_pad
 
 
@@ -36,19 +40,17 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
     set replaces it, so it names every id that ends a sequence, and ``()`` none), once its decoded
     text contains one of ``stop_strings`` (its ids kept up to the token that completed it; the caller
     cuts the text), or after ``max_new_tokens``. The backbone must already be on ``device``; it is
-    run in eval mode and put back in the mode it was in. A body under prompt tuning is refused."""
+    run in eval mode and put back in the mode it was in."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("greedy_decode: every prompt needs at least one token")
-    config = getattr(backbone.model, "active_peft_config", None)
-    if config is not None and config.is_prompt_learning:
-        raise ValueError("greedy_decode: prompt tuning's virtual tokens are not decoded through the KV cache")
     limit = max_positions(backbone.model)
     longest = max((len(p) for p in prompts), default=0)
     if limit is not None and longest + max_new_tokens > limit:
+        virtual = virtual_tokens(backbone.model)
         raise ValueError(f"greedy_decode: a prompt of {longest} tokens + {max_new_tokens} new ones exceeds "
-                         f"the model's {limit} positions")
+                         f"the model's {limit} positions" + (f" left by {virtual} virtual tokens" if virtual else ""))
     if eos_ids is None:
         eos = getattr(backbone.tokenizer, "eos_token_id", None)
         eos_ids = () if eos is None else (eos,)
@@ -78,11 +80,9 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     key, past = cache_keyword(backbone.model), None
-    for _ in range(max_new_tokens):
-        body = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                              **{key: past})
-        past = body[key]
-        logits = backbone.lm_head(body.last_hidden_state[:, -1])
+    for step in range(max_new_tokens):
+        hidden, past = cached_forward(backbone, ids, mask, positions, key, past, prefill=step == 0)
+        logits = backbone.lm_head(hidden[:, -1])
         tokens = logits.argmax(-1) if sampling is None else _sample(logits, sampling)
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
@@ -99,6 +99,31 @@ def _decode_batch(backbone, prompts: list[list[int]], max_new_tokens: int, devic
         mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=-1)
         positions = positions[:, -1:] + 1
     return generated
+
+
+def cached_forward(backbone, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, key: str, cache,
+                   *, prefill: bool):
+    """The body on new tokens ``ids`` with the KV cache: ``mask`` covers the cached and the new tokens,
+    ``positions`` are the new tokens' own. Returns their hidden states and the cache.
+
+    Under prompt tuning the prefill (the first pass) puts the virtual tokens before the prompt, and
+    every pass runs the base model with the mask and positions shifted past them (the cache holds them)."""
+    n = virtual_tokens(backbone.model)
+    if n == 0:
+        out = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
+        return out.last_hidden_state, out[key]
+    peft_model, rows = backbone.model, ids.size(0)
+    mask = torch.cat([mask.new_ones((rows, n)), mask], dim=1)
+    positions = positions + n
+    inputs = {"input_ids": ids}
+    if prefill:
+        embeds = peft_model.word_embeddings(ids)
+        virtual = peft_model.get_prompt(batch_size=rows).to(embeds.dtype)
+        inputs = {"inputs_embeds": torch.cat([virtual, embeds], dim=1)}
+        positions = torch.cat([torch.arange(n, device=ids.device).expand(rows, n), positions], dim=1)
+    out = peft_model.get_base_model()(**inputs, attention_mask=mask, position_ids=positions, use_cache=True,
+                                      **{key: cache})
+    return out.last_hidden_state[:, -ids.size(1):], out[key]
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

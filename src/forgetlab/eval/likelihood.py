@@ -2,7 +2,8 @@
 
 A prompt is run once; its KV cache (transformers' ``DynamicCache``) is copied to each of its
 continuations, so scoring k options costs one prompt pass and k short ones. Prompts are left-padded,
-positions follow the attention mask, so a padded prompt scores as it would alone.
+positions follow the attention mask, so a padded prompt scores as it would alone. Prompt tuning's
+virtual tokens go into the prompt's cache (``generation.cached_forward``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from ..models.backbones import Backbone
 from ..models.peft import max_positions
 from ..train.batching import left_pad
-from .generation import cache_keyword
+from .generation import cache_keyword, cached_forward
 
 MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
 
@@ -36,8 +37,7 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache()
-        hidden = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                **{key: cache}).last_hidden_state
+        hidden, _ = cached_forward(backbone, ids, mask, positions, key, cache, prefill=True)
         first = F.log_softmax(backbone.lm_head(hidden[:, -1]).float(), dim=-1)
         rows = [(k, c) for k, i in enumerate(idx) for c in continuations[i]]
         select = torch.tensor([k for k, _ in rows], device=device)
@@ -55,9 +55,8 @@ def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continua
             steps = torch.arange(1, width, device=device)
             # a shorter continuation's padding may run past the model's positions: its ids are never scored
             cont_positions = (positions[select][:, -1:] + steps).clamp_max(limit - 1)
-            hidden = backbone.model(input_ids=cont_ids[:, :-1], attention_mask=torch.cat([mask[select], cont_mask[:, :-1]], 1),
-                                    position_ids=cont_positions, use_cache=True,
-                                    **{key: cache}).last_hidden_state
+            hidden, _ = cached_forward(backbone, cont_ids[:, :-1], torch.cat([mask[select], cont_mask[:, :-1]], 1),
+                                       cont_positions, key, cache, prefill=False)
             logp = F.log_softmax(backbone.lm_head(hidden).float(), dim=-1)
             token = logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)
             scores = scores + (token * cont_mask[:, 1:]).sum(1)

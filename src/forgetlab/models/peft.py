@@ -25,5 +25,14 @@ def wrap_with_peft(backbone: Backbone, names: list[str], make_config: Callable[[
 
 
 def max_positions(model: nn.Module) -> int | None:
+    """The positions a model has for the tokens it is given: its config's limit, less the virtual tokens
+    prompt tuning prepends to every input."""
     config = getattr(model, "config", None)
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return None if limit is None else limit - virtual_tokens(model)
+
+
+def virtual_tokens(model: nn.Module) -> int:
+    """How many virtual tokens prompt tuning prepends to every input of ``model`` (0 without it)."""
+    config = getattr(model, "active_peft_config", None)
+    return config.num_virtual_tokens if config is not None and config.is_prompt_learning else 0
