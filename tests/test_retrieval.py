@@ -146,3 +146,13 @@ def test_a_killed_retrieval_run_resumes_to_the_straight_run(tmp_path, monkeypatc
     assert [e["method"]["retrieval_entries"] for e in resumed["task_log"]] == [min(n1, 40), 40]
     saved = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert saved["status"] == "completed" and np.isfinite(saved["metrics"]["score"])
+
+
+def test_prompt_tuning_with_retrieval_trains_the_virtual_tokens_only(tmp_path):
+    cfg = retrieval_config(tmp_path, "prompt_tuning", variants=[0])
+    cfg["method"]["num_virtual_tokens"] = 4
+    raw = forgetlab.run(cfg, out=tmp_path / "run").raw
+    assert raw["task_log"][0]["trainable_parameters"] == 4 * 32                 # 4 virtual tokens of width 32
+    (point,) = raw["variants"]["points"]
+    assert point["value"] == 0 and raw["variants"]["value"] == 2
+    assert [e["method"]["retrieval_entries"] > 0 for e in raw["task_log"]] == [True, True]
