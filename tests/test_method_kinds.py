@@ -26,7 +26,9 @@ from test_lm_stream import lm_config
 # Method keys a method needs on these tiny configs, by method name (the only per-method lines here).
 EXTRA_KEYS: dict[str, dict] = {
     "freeze": {"layers": 1},     # a whole frozen causal LM has nothing to train (its output layer is the backbone's)
+    "retrieval": {"retrieval": {"encoder": {"arch": "bert", "size": "nano"}}},   # a nano sentence encoder
 }
+TRAINS_NOTHING = {"retrieval"}      # the frozen model with an external memory: no step, no weight changes
 
 
 def kind_config(kind: str, tmp_path) -> dict:
@@ -79,9 +81,13 @@ def test_a_method_runs_on_every_kind_it_claims(method, kind, tmp_path, monkeypat
     raw = results.raw
     assert raw["status"] == "completed" and raw["kind"] == kind and len(raw["tasks"]) == 2
     assert results.accuracy_matrix.shape == (2, 2) and np.isfinite(results.accuracy_matrix).all()
+    now = dict(start["learner"].named_parameters())
+    if method in TRAINS_NOTHING:
+        assert all(t["steps"] == 0 for t in raw["task_log"])
+        assert all(torch.equal(now[n].detach(), p) for n, p in start["params"].items())
+        return
     # every task trained with a finite loss, and training changed some of the model's parameters
     assert all(t["steps"] > 0 and math.isfinite(t["loss"]) for t in raw["task_log"])
-    now = dict(start["learner"].named_parameters())
     assert any(n in now and not torch.equal(now[n].detach(), p) for n, p in start["params"].items()), \
         f"{method} on {kind}: trained, but no parameter of the model changed"
 
