@@ -43,8 +43,8 @@ def hf_folders(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = train_bpe(["a tiny corpus for a tiny tokenizer"] * 4, vocab_size=300)
-    shape = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                 num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    shape = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "tie_word_embeddings": False}
     folders = {}
     for name, config, model in (("llama", LlamaConfig, LlamaForCausalLM), ("qwen2", Qwen2Config, Qwen2ForCausalLM)):
         folders[name] = tmp_path_factory.mktemp(name)
@@ -74,8 +74,7 @@ class Index:
 @pytest.mark.parametrize("make,block", [("gpt2", GPT2_BLOCK), ("llama", LLAMA_BLOCK), ("qwen2", QWEN2_BLOCK)])
 def test_expansion_keeps_the_logits_and_the_cached_greedy_tokens_and_adds_blocks_times_a_block(make, block, hf_folders):
     backbone = backbone_of(make, hf_folders)
-    method = Expand(ExpandConfig(name="expand"), Learner(backbone), None)
-    layers = len(method.original)
+    layers = backbone.model.config.num_hidden_layers
     ids = torch.randint(3, backbone.lm_head.out_features, (4, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :5] = 0                                                          # a left-padded row too
@@ -83,9 +82,10 @@ def test_expansion_keeps_the_logits_and_the_cached_greedy_tokens_and_adds_blocks
     with torch.no_grad():
         before = backbone.lm_logits(ids, mask)
     tokens = greedy_decode(backbone, prompts, 10, device=CPU, eos_ids=())
+    method = Expand(ExpandConfig(name="expand"), Learner(backbone), None)        # grows the first task's blocks
     for t in (0, 1):
         method.before_task(Index(t))
-        assert method.task_summary(None) == {"added_parameters": 2 * block, "blocks": layers + 2 * (t + 1)}
+        assert method.task_summary(Index(t)) == {"added_parameters": 2 * block, "blocks": layers + 2 * (t + 1)}
         with torch.no_grad():
             assert (backbone.lm_logits(ids, mask) - before).abs().max().item() <= 1e-6
         assert greedy_decode(backbone, prompts, 10, device=CPU, eos_ids=()) == tokens     # through the KV cache
@@ -98,8 +98,20 @@ def test_expansion_keeps_the_logits_and_the_cached_greedy_tokens_and_adds_blocks
 
 
 def expand_config(tmp_path, **method):
+    """Two tasks on a tiny GPT-2 (2 layers), one thread: a run takes about a second."""
     return instruction_config(tmp_path, method={"name": "expand", **method}, backbone={"size": "tiny"},
-                              train={"epochs": 3})
+                              data={"max_test_per_task": 4}, train={"epochs": 3, "num_threads": 1})
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch):
+    """One thread and no report figures (on a shared 2-core machine both cost seconds); the process's
+    thread count comes back after each test."""
+    monkeypatch.setattr("forgetlab.engine.write_report", lambda results, path: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def new_blocks(method, expansion: int) -> dict[str, torch.Tensor]:
@@ -125,14 +137,15 @@ def test_only_the_new_blocks_get_gradients(tmp_path):
                                                "mlp.c_proj.bias"))}
     assert len(outputs) == 2 * 4 and all(grads[n].abs().sum() > 0 for n in outputs)
     assert all(grads[n].abs().sum() == 0 for n in grads if n not in outputs)
-    trained = [p for g in method.param_groups(engine.cfg.train) for p in g["params"]]
-    assert {id(p) for p in trained} == new
+    groups = method.param_groups(engine.cfg.train)
+    assert {id(p) for g in groups for p in g["params"]} == new and groups[0]["lr"] == engine.cfg.train.lr_backbone
 
 
 def test_every_task_trains_its_own_blocks_and_leaves_the_rest_bit_identical(tmp_path):
     engine = Engine(load_config(expand_config(tmp_path)))
     method, backbone = engine.method, engine.learner.backbone
-    original = {n: p.detach().clone() for n, p in backbone.named_parameters()}       # before any expansion
+    blocks = [{n: p.detach().clone() for n, p in block.named_parameters()} for block in method.original]
+    rest = {n: p.detach().clone() for n, p in backbone.named_parameters() if ".h." not in n}
     after = {}
     real = method.after_task
 
@@ -145,17 +158,29 @@ def test_every_task_trains_its_own_blocks_and_leaves_the_rest_bit_identical(tmp_
     first = new_blocks(method, 0)
     assert all(torch.equal(first[n], after[0][n]) for n in first)                    # task 2 left task 1's blocks
     assert not torch.equal(first["(0, 0, 0).mlp.c_proj.weight"], torch.zeros_like(first["(0, 0, 0).mlp.c_proj.weight"]))
-    now = {n: p for n, p in backbone.named_parameters() if ".h." not in n}
-    assert now and all(torch.equal(original[n], p) for n, p in now.items())         # embeddings, final norm
-    for i, block in enumerate(method.original):                                       # the original blocks
-        assert all(torch.equal(original[f"model.h.{i}.{n}"], p) for n, p in block.named_parameters())
+    now = dict(backbone.named_parameters())
+    assert rest and all(torch.equal(now[n], p) for n, p in rest.items())              # embeddings, final norm
+    for before, block in zip(blocks, method.original):                                # the original blocks
+        assert all(torch.equal(before[n], p) for n, p in block.named_parameters())
     assert [log["method"] for log in raw["task_log"]] == [{"added_parameters": 2 * GPT2_BLOCK, "blocks": 4},
                                                            {"added_parameters": 2 * GPT2_BLOCK, "blocks": 6}]
     assert [log["trainable_parameters"] for log in raw["task_log"]] == [2 * GPT2_BLOCK] * 2
 
 
 def test_first_task_grows_once_and_trains_the_same_blocks_on_every_task(tmp_path):
-    raw = forgetlab.run(expand_config(tmp_path, when="first_task", blocks=1, lr=3e-3), out=tmp_path / "run").raw
+    engine = Engine(load_config(expand_config(tmp_path, when="first_task", blocks=1, lr=3e-3)))
+    method = engine.method
+    assert method.param_groups(engine.cfg.train)[0]["lr"] == 3e-3
+    after = {}
+    real = method.after_task
+
+    def record(task):
+        real(task)
+        after[task.index] = new_blocks(method, 0)
+    method.after_task = record
+    engine.run(tmp_path / "run", Store(tmp_path / "forgetlab.db"))
+    raw = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert any(not torch.equal(after[0][n], after[1][n]) for n in after[0])          # task 2 trained them again
     assert [log["method"] for log in raw["task_log"]] == [{"added_parameters": GPT2_BLOCK, "blocks": 3},
                                                            {"added_parameters": 0, "blocks": 3}]
     assert [log["trainable_parameters"] for log in raw["task_log"]] == [GPT2_BLOCK] * 2

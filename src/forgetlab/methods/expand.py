@@ -65,7 +65,8 @@ class Expand(Method):
                             f"{backbone.source} ({type(self.body).__name__}) is neither")
         self.types = getattr(self.body.config, "layer_types", None)
         self.block_at = {(i, -1, -1): block for i, block in enumerate(self.original)}
-        self.expansions, self.added = 0, 0
+        self.expansions, self.current = 0, 0
+        self.grow_to(1)         # the first task's blocks, now: the model computes the same, so the baseline is the same
 
     def grow_to(self, expansions: int) -> None:
         """Insert new blocks until ``expansions`` expansions are done (nothing if they are)."""
@@ -97,13 +98,11 @@ class Expand(Method):
         return new
 
     def before_task(self, task):
-        expansions = task.index + 1 if self.cfg.when == "every_task" else 1
-        before = sum(p.numel() for p in self.body.parameters())
-        self.grow_to(expansions)
-        self.added = sum(p.numel() for p in self.body.parameters()) - before
+        self.current = task.index if self.cfg.when == "every_task" else 0     # the expansion that trains
+        self.grow_to(self.current + 1)
         self.learner.backbone.requires_grad_(False)
         for (_, _, k), block in self.block_at.items():
-            block.requires_grad_(k == expansions - 1)
+            block.requires_grad_(k == self.current)
 
     def param_groups(self, train):
         new = [p for p in self.learner.backbone.parameters() if p.requires_grad]
@@ -111,7 +110,11 @@ class Expand(Method):
         return [{"params": new, "lr": self.cfg.lr or train.lr_backbone}, {"params": own, "lr": train.lr_head}]
 
     def task_summary(self, task):
-        return {"added_parameters": self.added, "blocks": len(getattr(self.body, self.stack))}
+        """The parameters of the blocks grown for this task (none after the first with ``first_task``)."""
+        grown = self.cfg.when == "every_task" or task.index == 0
+        added = sum(p.numel() for (_, _, k), block in self.block_at.items() if grown and k == self.current
+                    for p in block.parameters())
+        return {"added_parameters": added, "blocks": len(getattr(self.body, self.stack))}
 
     def state(self):
         return {**super().state(), "expand.expansions": torch.tensor(self.expansions)}
