@@ -5,13 +5,16 @@ of near-equal size (group g ends at block ceil((g + 1) L / P) - 1; with P > L a 
 groups), and after the last block of each group goes a copy of it whose output projections (Llama:
 ``self_attn.o_proj`` and ``mlp.down_proj``; GPT-2: ``attn.c_proj`` and ``mlp.c_proj``; weights and
 biases) are zero: both its branches add nothing to the residual stream, so the expanded model computes
-what the model did before. Only new blocks train; the embeddings, the original blocks, the final norm
-and the output layer stay frozen. ``when: every_task`` grows P blocks before every task and trains only
-that task's, the earlier new blocks frozen like the original ones; ``first_task`` grows P blocks once,
-before the first task, and trains them on every task (the paper's single expansion). Every copy is of an
-original block, placed after the blocks its group already gained. Each layer's ``layer_idx`` (its slot
-in the KV cache), ``num_hidden_layers`` and ``layer_types`` follow the insertions, so cached decoding
-still works. ``task_summary`` logs the parameters added before the task and the blocks there are now.
+what the model did before. Only new blocks train (and a classifier's head, at ``train.lr_head``); the
+embeddings, the original blocks, the final norm and the output layer stay frozen. ``when: every_task``
+grows P blocks before every task and trains only that task's, the earlier new blocks frozen like the
+original ones; ``first_task`` grows P blocks once and trains them on every task (the paper's single
+expansion). The first task's blocks are grown when the method is built, so the baseline is measured on
+the expanded model (the same function). Every copy is of an original block, placed after the blocks its
+group already gained. Each layer's ``layer_idx`` (its slot in the KV cache), ``num_hidden_layers`` and
+``layer_types`` follow the insertions, so cached decoding still works. ``task_summary`` logs the
+parameters added for the task and the blocks there are now; on resume, ``load_state`` grows the body
+again before ``checkpoint.restore`` loads the weights.
 """
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ class Expand(Method):
         self.types = getattr(self.body.config, "layer_types", None)
         self.block_at = {(i, -1, -1): block for i, block in enumerate(self.original)}
         self.expansions, self.current = 0, 0
-        self.grow_to(1)         # the first task's blocks, now: the model computes the same, so the baseline is the same
+        self.grow_to(1)                                   # the first task's blocks (the same function)
 
     def grow_to(self, expansions: int) -> None:
         """Insert new blocks until ``expansions`` expansions are done (nothing if they are)."""
