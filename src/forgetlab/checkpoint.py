@@ -46,13 +46,14 @@ def read_state(folder: Path) -> dict | None:
 
 
 def restore(folder: Path, learner: Learner, method: "Method") -> dict:
-    """Load the weights and method state into the freshly built learner; returns the JSON state."""
+    """Load the method state, then the weights, into the freshly built learner; returns the JSON state.
+    The method's state comes first: it may reshape the model (``expand`` re-inserts its blocks)."""
     state = read_state(folder)
+    method.load_state(load_file(str(folder / state["files"]["method"])))
     load_model(learner.backbone, str(folder / state["files"]["backbone"]))
     missing, unexpected = learner.load_state_dict(load_file(str(folder / state["files"]["head"])), strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):       # the backbone's: loaded above
         raise RuntimeError(f"{folder}: checkpoint does not match the learner ({(unexpected or missing)[0]})")
-    method.load_state(load_file(str(folder / state["files"]["method"])))
     learner.restore_frozen(state["frozen"])
     learner.tasks_seen = state["tasks_seen"]
     return state

@@ -1,7 +1,7 @@
 """Continual-learning methods, one file each; ``method_class(name)`` finds one by its config name."""
-from . import (adapter, average, der, ema_lora, ewc, freeze, generative_replay, inc_lora,  # noqa: F401
-               joint, knn_memory, lora, lwf, mas, merge, multihead, o_lora, prompt_tuning, replay, retrieval, seq,
-               seq_star, ssr)  # importing registers them
+from . import (adapter, average, der, ema_lora, ewc, expand, freeze, generative_replay,  # noqa: F401
+               inc_lora, joint, knn_memory, lora, lwf, mas, merge, multihead, o_lora, prompt_tuning, replay,
+               retrieval, seq, seq_star, ssr)  # importing registers them
 from .base import REGISTRY, Context, Method, MethodConfig
 
 
