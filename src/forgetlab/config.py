@@ -131,6 +131,18 @@ class LogConfig(Section):
     mlflow_experiment: str = "forgetlab"
 
 
+class OnlineConfig(Section):
+    """An online, task-free stream: one pass over the tasks' training examples in blurry segments,
+    evaluated every ``eval_every`` optimizer steps (docs/design.md, "Online streams")."""
+    blurry: float = Field(0.1, ge=0, lt=1)       # share of each task's examples moved into its neighbours' segments
+    eval_every: int = Field(8, ge=1)             # optimizer steps between anytime evaluations
+    boundary_every: int | None = Field(None, ge=1)   # steps between pseudo-boundaries (methods that need them)
+
+
+# Sections added after runs were stored: left out of the hash when absent, so those runs keep theirs.
+LATER_SECTIONS = ("online",)
+
+
 class Config(Section):
     seed: int = 0
     name: str | None = None
@@ -141,13 +153,16 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    online: OnlineConfig | None = None           # present: an online, task-free stream
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """A stable hash of the resolved config (less ``log``): the identity of a run."""
-        blob = json.dumps({k: v for k, v in self.to_dict().items() if k != "log"}, sort_keys=True).encode()
+        """A stable hash of the resolved config (less ``log``, and less a later section left out): the
+        identity of a run."""
+        kept = {k: v for k, v in self.to_dict().items() if k != "log" and not (k in LATER_SECTIONS and v is None)}
+        blob = json.dumps(kept, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

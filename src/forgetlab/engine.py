@@ -1,5 +1,6 @@
 """One run, for every kind of task: config -> kind (stream, learner, inputs, evaluation) and method ->
 for each task (hooks, train, evaluate, checkpoint, trackers) -> matrices, metrics, outputs, store.
+An online run (``online:``) goes through ``train/online.py``'s loop instead of ``_run_tasks``.
 
 The engine knows a kind only through ``kinds/base.py``'s interface and a method only through
 ``methods/base.py``'s hooks."""
@@ -29,6 +30,7 @@ from .models.backbones import build_backbone
 from .report import write_report
 from .runtime import environment, peak_rss_mib, pick_device, seed_everything, write_json
 from .store import Store
+from .train import online
 from .train.loop import TrainStats, train_task
 
 console = Console(stderr=True, soft_wrap=True)
@@ -68,6 +70,8 @@ class Engine:
         ctx = Context(self.stream, self.kind.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed, self.kind)
         self.method: Method = method_cls(method_cfg, self.learner, ctx)
         self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
+        if cfg.online:
+            online.check(cfg, kind_cls.name, self.method)
         self.retention = Retention(cfg.eval.retention) if cfg.eval.retention else None
 
     # -- the run -----------------------------------------------------------------------------
@@ -93,7 +97,7 @@ class Engine:
         self.loggers = []
         try:
             self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
-            results = self._run_tasks(state, ckpt_dir)
+            results = online.run(self, state, ckpt_dir) if cfg.online else self._run_tasks(state, ckpt_dir)
             write_report(results, out_dir / "report.html")
             write_json(out_dir / "results.json", results)
             store.complete(run_id, results)

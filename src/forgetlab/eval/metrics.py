@@ -105,6 +105,15 @@ def matrix_metrics(M, b: Sequence[float] | None, key: str, direction: str = "hig
     return out
 
 
+def anytime_auc(values: Sequence[float]) -> float:
+    """A_auc (Koh et al., ICLR 2022): the area under the anytime curve, normalised by its length. With
+    the curve evaluated every Δn steps, A_auc = Σ_k f(k·Δn)·Δn / (K·Δn) = (1/K) Σ_k f(k·Δn): the mean of its
+    K values (an online run's last point may come sooner, at the stream's end; it counts as one point)."""
+    if not len(values):
+        raise ValueError("the anytime curve has no points")
+    return float(np.mean(values))
+
+
 LOWER_IS_BETTER = ("forgetting", "intransigence")
 
 

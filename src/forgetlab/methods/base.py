@@ -7,6 +7,10 @@ after each task and mixes a memory batch into every training batch. A subclass t
 ``after_task``, ``state`` or ``load_state`` calls ``super()`` to keep that working. ``kinds`` names
 the task kinds a method supports (``kinds/``; ``ANY_KIND``: every kind, as the base does: it only
 needs a learner's ``Output``); the engine checks it once.
+
+On an online stream (``online:``, ``train/online.py``) there are no task boundaries: ``after_task`` is
+never called; ``observe`` sees every batch after its step (the base offers it to the memory: online ER)
+and a method that is not ``task_free`` gets ``boundary`` every ``online.boundary_every`` steps instead.
 """
 from __future__ import annotations
 
@@ -83,6 +87,7 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     kinds: ClassVar[frozenset[str]] = frozenset({ANY_KIND})    # the task kinds it supports
+    task_free: ClassVar[bool] = False      # works on an online stream without task boundaries
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -157,6 +162,15 @@ class Method:
             self.memory.add(data.task_ids[order], data.example_ids[order], data.labels[order])
         if self.retrieval is not None:
             self.retrieval.add(task)
+
+    def observe(self, inputs: Inputs) -> None:
+        """Online streams: called after each step with the batch's examples; offers them to the memory."""
+        if self.memory is not None:
+            self.memory.add(inputs.task_ids, inputs.example_ids, inputs.labels)
+
+    def boundary(self, inputs: Inputs) -> None:
+        """Online streams: a pseudo-boundary every ``online.boundary_every`` steps, with the examples
+        trained on since the last one (a method that needs boundaries consolidates here)."""
 
     def task_summary(self, task: Task) -> dict:
         """Figures of the method's own on the task just trained (e.g. a penalty's mean), recorded in

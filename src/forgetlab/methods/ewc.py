@@ -3,7 +3,9 @@ online EWC from "Progress & Compress" (Schwarz et al., ICML 2018).
 
 After each task, estimate the diagonal Fisher F of the trainable parameters on the task's data
 and anchor them; while training later tasks add (lam / 2) * sum_i F_i (theta_i - theta*_i)^2,
-summed over past tasks. Online EWC keeps one running Fisher, F <- gamma * F + F_t.
+summed over past tasks. Online EWC keeps one running Fisher, F <- gamma * F + F_t. On an online
+stream (no tasks) the Fisher is taken at each pseudo-boundary (``online.boundary_every`` steps) on the
+examples since the last one, and always merged as online EWC.
 The penalty's value joins the logged loss; its gradient is added to ``.grad`` after the backward
 pass, without an autograd graph (``components/penalty.py``).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from .base import Method, MethodConfig
@@ -43,10 +46,20 @@ class EWC(Method):
 
     def after_task(self, task):
         super().after_task(task)
-        data = self.ctx.training_sample(task, self.cfg.fisher_examples)
+        self.consolidate(self.ctx.training_sample(task, self.cfg.fisher_examples), self.cfg.online)
+
+    def boundary(self, inputs):
+        """An online stream's pseudo-boundary: the Fisher on (up to ``fisher_examples`` of) the examples
+        since the last one, merged as online EWC (one running Fisher, decayed by gamma)."""
+        limit = self.cfg.fisher_examples
+        self.consolidate(inputs if limit is None else inputs.subset(torch.randperm(len(inputs))[:limit]), online=True)
+
+    def consolidate(self, data, online: bool) -> None:
+        """Anchor the trainable parameters with the Fisher on ``data``: merged into one running Fisher
+        (online EWC) or added as one more term."""
         params = self.trainable()
         fisher = diagonal_fisher(self.learner, params, data, self.ctx.batch, self.cfg.fisher)
-        if self.cfg.online:
+        if online:
             self.consolidated.merge(fisher, params, self.cfg.gamma)
         else:
             self.consolidated.add(fisher, params)

@@ -13,6 +13,7 @@ class FreezeConfig(MethodConfig):
 
 class Freeze(Method):
     name = "freeze"
+    task_free = True
     Config = FreezeConfig
 
     def __init__(self, cfg, learner, ctx):

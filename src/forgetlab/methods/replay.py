@@ -31,6 +31,7 @@ class ReplayMethodConfig(MethodConfig):
 
 class Replay(Method):
     name = "replay"
+    task_free = True
     Config = ReplayMethodConfig
 
     def __init__(self, cfg, learner, ctx):

@@ -4,3 +4,4 @@ from .base import Method
 
 class Seq(Method):
     name = "seq"
+    task_free = True

@@ -151,6 +151,20 @@ def lines_png(series: dict[str, Sequence[float | None]], xlabel: str, ylabel: st
     return _png(fig)
 
 
+def anytime_png(x: Sequence[float], values: Sequence[float], ends: Sequence[float], xlabel: str, ylabel: str,
+                title: str) -> bytes:
+    """An online run's anytime curve: values against x (examples seen), a dashed line at each segment's end."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    ax.plot(x, values, marker="o", markersize=3)
+    for end in ends:
+        ax.axvline(end, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_label(title))
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def tradeoff_png(x: Sequence[float], series: dict[str, Sequence[float | None]], xlabel: str, ylabel: str,
                  title: str) -> bytes:
     """Each series against one x over the stream (a path; its points numbered 0, 1, ... by step)."""

@@ -10,8 +10,8 @@ import jinja2
 import yaml
 
 from forgetlab.eval.per_class import per_class_forgetting
-from forgetlab.report.figures import (class_forgetting_png, decomposition_png, heatmap_png, lines_png, task_curves_png,
-                                      tradeoff_png)
+from forgetlab.report.figures import (anytime_png, class_forgetting_png, decomposition_png, heatmap_png, lines_png,
+                                      task_curves_png, tradeoff_png)
 from forgetlab.report.matrices import describe, matrices_of, measure, ordered, split_key
 
 MISSING = "–"
@@ -54,13 +54,16 @@ def write_report(results: dict, path: Path) -> Path:
     path = Path(path)
     tasks = [str(t) for t in results["tasks"]]
     class_forgetting = _class_forgetting(results)
+    matrices = [_matrix_section(name, m, tasks) for name, m in matrices_of(results).items() if m["values"]]
+    if results.get("online") and matrices:
+        _add_anytime(matrices[0], results["online"], next(iter(matrices_of(results))))
     page = _ENV.get_template("run.html").render(
         run_id=results.get("run_id", ""),
         status=results.get("status", ""),
         scenario=results.get("scenario", ""),
         version=results.get("forgetlab_version", ""),
         tasks=tasks,
-        matrices=[_matrix_section(name, m, tasks) for name, m in matrices_of(results).items() if m["values"]],
+        matrices=matrices,
         class_forgetting=_data_uri(class_forgetting) if class_forgetting is not None else None,
         retention=_retention(results),
         answers=_answers(results, tasks),
@@ -96,6 +99,21 @@ def _matrix_section(name: str, matrix: dict, tasks: list[str]) -> dict:
                      "uri": _data_uri(task_curves_png(values, tasks, name))}],
         "rows": [(label, [_fmt(v, decimals) for v in row]) for label, row in rows],
     }
+
+
+def _add_anytime(section: dict, online: dict, name: str) -> None:
+    """An online run: A_auc in the primary matrix's metrics table and the anytime curve among its figures."""
+    curve, every = online["curve"], online["eval_every"]
+    section["metrics"].append(("a_auc", _fmt(online["a_auc"]),
+                               f"area under the anytime curve: the mean {name} on the tasks seen so far, "
+                               f"over evaluations every {every} steps"))
+    totals = [sum(counts) for counts in online["segments"]]
+    ends = [sum(totals[: i + 1]) for i in range(len(totals))]
+    section["figures"].append({
+        "title": f"Anytime {name} on the tasks seen so far, every {every} steps (dashed: segment ends; "
+                 f"{online['blurry']:.0%} of each task blurred into its neighbours)",
+        "uri": _data_uri(anytime_png([p["examples_seen"] for p in curve], [p["value"] for p in curve], ends,
+                                     "examples seen", f"{name} on tasks seen", "anytime evaluation"))})
 
 
 def _retention(results: dict) -> dict | None:

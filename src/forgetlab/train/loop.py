@@ -43,27 +43,68 @@ def fusable(groups: list[dict]) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
 
 
+class Stepper:
+    """The step code ``train_task`` and the online loop share: a batch's forward (under bf16 autocast
+    where asked for and the device has it) and backward, then every ``cfg.grad_accum`` batches the
+    method's ``after_backward``, clipping, the optimizer step and ``after_step``."""
+
+    def __init__(self, learner: Learner, method: "Method", cfg: TrainConfig, device: torch.device):
+        self.learner, self.method, self.cfg = learner, method, cfg
+        self.bf16 = cfg.precision == "bf16" and bf16_supported(device)
+        self.device, self.micro = device, 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.params: list[torch.nn.Parameter] = []
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """A new optimizer over what the method trains now (it may have changed), keeping the optimizer
+        state of the parameters the old one trained."""
+        old = self.optimizer
+        self.optimizer = make_optimizer(self.method, self.cfg)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]] if self.optimizer else []
+        if old is not None and self.optimizer is not None:
+            for p in self.params:
+                if p in old.state:
+                    self.optimizer.state[p] = old.state[p]
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def batch(self, batch: dict) -> tuple[float, bool]:
+        """Train on one batch: its loss, and whether an optimizer step followed it."""
+        cfg = self.cfg
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.method.loss(batch, self.learner(batch))
+        (loss / cfg.grad_accum).backward()
+        self.micro += 1
+        if self.micro % cfg.grad_accum:
+            return loss.item(), False
+        self.method.after_backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.method.after_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), True
+
+
 def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainConfig, *, seed: int,
                device: torch.device, pad_id: int, label: str, console: Console) -> TrainStats:
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps), shuffled by ``seed``;
     with ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``). An
     optimizer step averages the losses of ``cfg.grad_accum`` batches; ``cfg.precision: bf16`` runs the
     forward under bf16 autocast where the device has it (else in the weights' dtype); ``cfg.packing`` packs each batch's examples into as few rows as fit."""
-    optimizer = make_optimizer(method, cfg)
+    stepper = Stepper(learner, method, cfg, device)
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
-    if optimizer is None or total == 0:
+    if stepper.optimizer is None or total == 0:
         return TrainStats(0, 0, float("nan"), 0.0)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(t) for t in inputs.tokens] if cfg.group_by_length and inputs.tokens is not None else None
-    bf16 = cfg.precision == "bf16" and bf16_supported(device)
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(learner, True)
     learner.train()
-    optimizer.zero_grad(set_to_none=True)
-    start, step, seen, micro, recent = time.perf_counter(), 0, 0, 0, []
+    start, step, seen, recent = time.perf_counter(), 0, 0, []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} ex/s"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True, disable=not (cfg.progress and console.is_terminal)) as bar:
@@ -74,27 +115,18 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
                 if step == total:
                     break
                 batch = make_batch(inputs, idx, pad_id, device, pack_length=learner.backbone.max_length if cfg.packing else None)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = method.loss(batch, learner(batch))
-                (loss / cfg.grad_accum).backward()
-                micro += 1
+                loss, stepped = stepper.batch(batch)
                 seen += len(batch["labels"])
-                recent.append(loss.item())
-                if micro % cfg.grad_accum:
+                recent.append(loss)
+                if not stepped:
                     continue
-                method.after_backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                method.after_step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(job, advance=1, loss=recent[-1], rate=seen / (time.perf_counter() - start))
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(learner, False)
     learner.eval()
     return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start,
-                      sum(p.numel() for p in params))
+                      sum(p.numel() for p in stepper.params))
 
 
 def set_gradient_checkpointing(learner: Learner, on: bool) -> None:

@@ -23,6 +23,7 @@ class ModularMethod(Method):
     """Subclasses implement ``add_modules(names)`` and ``activate(name)``."""
 
     Config = ModularConfig
+    task_free = True                       # one shared module (one per task is refused online)
 
     def __init__(self, cfg, learner, ctx):
         super().__init__(cfg, learner, ctx)
