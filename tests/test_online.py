@@ -141,3 +141,15 @@ def test_resume_equals_a_straight_run(tmp_path, monkeypatch):
     assert resumed["accuracy_matrix"] == straight["accuracy_matrix"]
     assert resumed["online"]["curve"] == straight["online"]["curve"]
     assert resumed["online"]["a_auc"] == straight["online"]["a_auc"]
+
+
+def test_a_comparison_pools_the_anytime_curves_and_shows_a_auc():
+    from forgetlab.report.summary import anytime_curve, columns_for
+
+    runs = [{"metrics": {"a_auc": 0.5}, "online": {"curve": [{"value": 0.2}, {"value": 0.8}]}},
+            {"metrics": {"a_auc": 0.7}, "online": {"curve": [{"value": 0.4}, {"value": 1.0}]}}]
+    (m1, ci1), (m2, ci2) = anytime_curve(runs)
+    assert (m1, m2) == pytest.approx((0.3, 0.9))
+    assert ci1 == pytest.approx(12.706 * 0.1, rel=1e-3)            # t(0.975, 1) · s / √2, s = 0.1414
+    assert anytime_curve(runs[:1] + [{"online": {"curve": [{"value": 1.0}]}}]) is None   # unequal lengths
+    assert ("metrics.a_auc", "A_auc", 4) in columns_for(runs)

@@ -14,8 +14,8 @@ from .frontier import GENERAL, frontier_entries, frontier_figure
 from .html import _ENV, _data_uri
 from .matrices import matrices_of, split_key
 from .study import StudySpec, study_markdown, study_png, study_points
-from .summary import (columns_for, format_cell, incremental_curve, lookup, markdown_table, mean_matrix, paired_tests,
-                      shared_matrices, summarize, with_intransigence)
+from .summary import (anytime_curve, columns_for, format_cell, incremental_curve, lookup, markdown_table, mean_matrix,
+                      paired_tests, shared_matrices, summarize, with_intransigence)
 
 
 def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("name",),
@@ -52,6 +52,12 @@ def write_comparison(runs: list[dict], path: Path, group_by: Sequence[str] = ("n
     if curves:
         figures.append({"title": "accuracy on the tasks seen so far, after each task (mean, 95% CI band)",
                         "uri": _data_uri(curves_with_ci_png(curves, "tasks trained", "average accuracy on seen tasks"))})
+    anytime = {r["group"]: anytime_curve(r["members"]) for r in rows}
+    anytime = {k: v for k, v in anytime.items() if v}
+    if anytime:
+        figures.append({"title": "online streams: the score on the tasks met so far at every anytime evaluation "
+                                 "(mean, 95% CI band; its mean is A_auc)",
+                        "uri": _data_uri(curves_with_ci_png(anytime, "anytime evaluation", "score on tasks met so far"))})
     for r in rows:
         pooled = _class_frequency_points(r["members"])
         if pooled:

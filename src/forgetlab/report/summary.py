@@ -77,6 +77,8 @@ def columns_for(runs: list[dict]) -> tuple:
     for key in metric_keys(runs):
         large = any(abs(_metric(r, key) or 0.0) >= 10 for r in runs)
         columns.append((f"metrics.{key}", column_title(key), 2 if large else 4))
+    if any(_metric(r, "a_auc") is not None for r in runs):
+        columns.append(("metrics.a_auc", "A_auc", 4))
     if any(lookup(r, RETENTION_COLUMN[0]) is not None for r in runs):
         columns.append(RETENTION_COLUMN)
     columns += [c for c in PROBE_COLUMNS if c[0] != "retention.probes.perplexity.change.-1"
@@ -279,6 +281,15 @@ def incremental_curve(members: list[dict]) -> list[tuple[float | None, float | N
         return None
     per_run = [[float(R[i, : i + 1].mean()) for i in range(R.shape[0])] for R in matrices]
     return [mean_ci(list(step)) for step in zip(*per_run)]
+
+
+def anytime_curve(members: list[dict]) -> list[tuple[float | None, float | None]] | None:
+    """Online runs (results.json ``online``): at each anytime evaluation, the mean (and CI) over the group
+    of the primary matrix's mean over the tasks met so far; None unless every member has a curve as long."""
+    curves = [[p["value"] for p in (m.get("online") or {}).get("curve") or []] for m in members]
+    if not curves[0] or len({len(c) for c in curves}) != 1:
+        return None
+    return [mean_ci(list(point)) for point in zip(*curves)]
 
 
 def format_cell(mean: float | None, ci: float | None, digits: int) -> str:
