@@ -112,7 +112,7 @@ def test_ewc_takes_a_fisher_every_k_steps_on_the_examples_since_the_last(tmp_pat
 
 
 def test_what_an_online_stream_refuses(tmp_path):
-    method = SimpleNamespace(per_task_encoder=False, task_free=True, name="seq")
+    method = SimpleNamespace(per_task_encoder=False, task_free=True, name="seq", retrieval=None)
     cfg = load_config(online_config())
     with pytest.raises(UserError, match=r"^online: runs classification and instruction streams, not language_modeling"):
         online.check(cfg, "language_modeling", method)
@@ -121,6 +121,8 @@ def test_what_an_online_stream_refuses(tmp_path):
             forgetlab.run(online_config(train=train), out=tmp_path / key)
     with pytest.raises(UserError, match=r"^method.name: lwf needs task boundaries and has no pseudo-boundary"):
         forgetlab.run(online_config(method={"name": "lwf"}, online={"boundary_every": 2}), out=tmp_path / "lwf")
+    with pytest.raises(UserError, match=r"^method.retrieval: stores each task's examples at the task's end"):
+        online.check(cfg, "instruction", SimpleNamespace(**{**vars(method), "retrieval": object()}))
 
 
 def test_an_online_instruction_run(tmp_path):
@@ -135,7 +137,8 @@ def test_an_online_instruction_run(tmp_path):
 
 
 def test_resume_equals_a_straight_run(tmp_path, monkeypatch):
-    cfg = online_config(method={"name": "ewc", "lam": 100.0, "replay": {"size": 20}}, online={"boundary_every": 3})
+    cfg = online_config(method={"name": "ewc", "lam": 100.0, "fisher_examples": 8, "replay": {"size": 20}},
+                        online={"boundary_every": 3})
     straight = forgetlab.run(cfg, out=tmp_path / "straight").raw
     resumed = killed_and_resumed(cfg, tmp_path / "killed", Classification, monkeypatch, evaluations=4)
     assert resumed["accuracy_matrix"] == straight["accuracy_matrix"]

@@ -52,6 +52,8 @@ def check(cfg: Config, kind: str, method: "Method") -> None:
         raise UserError("train.max_steps: an online stream is one pass over its examples; leave it unset")
     if cfg.train.grad_accum != 1:
         raise UserError("train.grad_accum: an online stream takes one optimizer step per batch; set it to 1")
+    if method.retrieval is not None:
+        raise UserError("method.retrieval: stores each task's examples at the task's end; not available on an online stream")
     if method.per_task_encoder:
         raise UserError("method.per_task: one module per task needs task boundaries; not available on an online stream")
     if method.task_free:
