@@ -2,6 +2,7 @@
 the 95% t interval), a method's variants (retrieval's k = 0) as rows of their own.
 
     python scripts/open_questions_tables.py runs/instruction-retrieval runs/instruction-expand ...
+    python scripts/open_questions_tables.py runs/instruction-online --anytime-png docs/open_questions_online.png
 
 Columns: OP (the final row's mean score), BWT, learning (the diagonal's mean), the change in WikiText-2
 perplexity (after − before) and in MMLU accuracy after the last task, trainable parameters, and what the
@@ -54,9 +55,17 @@ def last_method(run, key):
     return (run["task_log"][-1].get("method") or {}).get(key)
 
 
-def main(roots: list[str]) -> None:
+def main(roots: list[str], anytime_png: str | None = None) -> None:
     runs = [json.load(open(p)) for root in roots for p in glob.glob(f"{root}/*/results.json")]
     runs = [r for r in runs if r.get("status") == "completed"]
+    if anytime_png:
+        from forgetlab.report.figures import curves_with_ci_png
+        from forgetlab.report.summary import anytime_curve
+
+        curves = {name: anytime_curve(group) for name, group in sorted(rows_of(runs).items())}
+        png = curves_with_ci_png({k: v for k, v in curves.items() if v}, "anytime evaluation (every 4 steps)",
+                                 "score on the tasks met so far")
+        open(anytime_png, "wb").write(png)
     print("| configuration | seeds | OP | BWT | learning | Δ perplexity | Δ MMLU | trainable | index entries | "
           "index MiB | ms / query | added params | A_auc |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -76,4 +85,6 @@ def main(roots: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    png = args[args.index("--anytime-png") + 1] if "--anytime-png" in args else None
+    main([a for a in args if a not in ("--anytime-png", png)], png)
