@@ -63,7 +63,8 @@ def main(roots: list[str], anytime_png: str | None = None) -> None:
         from forgetlab.report.summary import anytime_curve
 
         curves = {name: anytime_curve(group) for name, group in sorted(rows_of(runs).items())}
-        png = curves_with_ci_png({k: v for k, v in curves.items() if v}, "anytime evaluation (every 4 steps)",
+        every = next(r["online"]["eval_every"] for r in runs if r.get("online"))
+        png = curves_with_ci_png({k: v for k, v in curves.items() if v}, f"anytime evaluation (every {every} steps)",
                                  "score on the tasks met so far")
         open(anytime_png, "wb").write(png)
     print("| configuration | seeds | OP | BWT | learning | Δ perplexity | Δ MMLU | trainable | index entries | "
