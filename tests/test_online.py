@@ -156,3 +156,8 @@ def test_a_comparison_pools_the_anytime_curves_and_shows_a_auc():
     assert ci1 == pytest.approx(12.706 * 0.1, rel=1e-3)            # t(0.975, 1) · s / √2, s = 0.1414
     assert anytime_curve(runs[:1] + [{"online": {"curve": [{"value": 1.0}]}}]) is None   # unequal lengths
     assert ("metrics.a_auc", "A_auc", 4) in columns_for(runs)
+
+
+def test_a_task_never_leaves_its_own_segment_empty():
+    # round(0.75 * 2) = 2 would move both of a task's examples away: at most n - 1 = 1 moves
+    assert composition(blurry_split([2, 2], 0.75, seed=0), 2) == [[1, 1], [1, 1]]

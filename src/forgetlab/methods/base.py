@@ -21,8 +21,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from ..config import HeadConfig, Section, TrainConfig
-from ..errors import UserError
 from ..data.stream import Stream, Task
+from ..errors import UserError
 from ..models.learner import Learner, Output
 from ..models.causal_lm import IGNORE_INDEX
 from ..train.batching import Inputs, make_batch

@@ -117,7 +117,7 @@ class Expand(Method):
         grown = self.cfg.when == "every_task" or task.index == 0
         added = sum(p.numel() for (_, _, k), block in self.block_at.items() if grown and k == self.current
                     for p in block.parameters())
-        return {"added_parameters": added, "blocks": len(getattr(self.body, self.stack))}
+        return {**super().task_summary(task), "added_parameters": added, "blocks": len(getattr(self.body, self.stack))}
 
     def state(self):
         return {**super().state(), "expand.expansions": torch.tensor(self.expansions)}

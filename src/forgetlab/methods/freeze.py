@@ -23,5 +23,4 @@ class Freeze(Method):
                             "(its output layer is the backbone's, as a language model's); set how many layers to freeze")
 
     def before_task(self, task):
-        if task.index == 0:
-            self.learner.freeze_backbone(self.cfg.layers)
+        self.learner.freeze_backbone(self.cfg.layers)     # the same layers every time (online: whichever task comes first)

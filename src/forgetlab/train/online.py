@@ -24,7 +24,7 @@ from ..data.online import blurry_split, composition
 from ..errors import UserError
 from ..eval.metrics import anytime_auc
 from ..runtime import seed_everything
-from .batching import Inputs, make_batch
+from .batching import make_batch
 from .loop import Stepper, TrainStats, set_gradient_checkpointing
 
 if TYPE_CHECKING:
@@ -77,13 +77,14 @@ class OnlineLoop:
             saved = torch.load(folder / state["optimizer"], weights_only=True)
             self.stepper.optimizer.load_state_dict(saved)
 
-    def segment(self, examples: list[tuple[int, int]]) -> TrainStats:
+    def segment(self, examples: list[tuple[int, int]]) -> tuple[TrainStats, float]:
         """Train on one segment, batch by batch in its order (a batch never crosses its end), with an
-        anytime evaluation every ``eval_every`` steps but after its last batch (the segment's end has one)."""
+        anytime evaluation every ``eval_every`` steps but after its last batch (the segment's end has one);
+        the training figures and the seconds its anytime evaluations took."""
         engine, cfg, st = self.engine, self.cfg, self.state
         learner, method, train = engine.learner, engine.method, cfg.train
         if not examples:
-            return TrainStats(0, 0, float("nan"), 0.0)
+            return TrainStats(0, 0, float("nan"), 0.0), 0.0
         ids = torch.tensor(examples, dtype=torch.long)
         data = method.ctx.examples(ids[:, 0], ids[:, 1])
         pack = learner.backbone.max_length if train.packing else None
@@ -101,13 +102,15 @@ class OnlineLoop:
             steps += 1
             st["step"] += 1
             st["examples"] += len(idx)
-            st["pending"] += [[int(t), int(e)] for t, e in zip(chunk.task_ids, chunk.example_ids)]
-            every = cfg.online.boundary_every
-            if every and st["step"] % every == 0 and has_boundary(method):
+            every = cfg.online.boundary_every if has_boundary(method) else None
+            if every:           # the examples since the last pseudo-boundary, for the next one
+                st["pending"] += [[int(t), int(e)] for t, e in zip(chunk.task_ids, chunk.example_ids)]
+            if every and st["step"] % every == 0:
                 pending = torch.tensor(st["pending"], dtype=torch.long)
+                self._training(False)        # as after a task: dropout off, no checkpointing
                 method.boundary(method.ctx.examples(pending[:, 0], pending[:, 1]))
+                self._training(True)
                 st["pending"] = []
-                learner.train()
             if st["step"] % cfg.online.eval_every == 0 and idx[-1] + 1 < len(data):
                 t0 = time.perf_counter()
                 self._training(False)
@@ -116,7 +119,7 @@ class OnlineLoop:
                 eval_s += time.perf_counter() - t0
         self._training(False)
         return TrainStats(steps, len(data), sum(losses) / max(len(losses), 1),
-                          time.perf_counter() - start - eval_s, sum(p.numel() for p in self.stepper.params))
+                          time.perf_counter() - start - eval_s, sum(p.numel() for p in self.stepper.params)), eval_s
 
     def segment_end(self, rows: dict, last: bool) -> None:
         """The segment's full evaluation is the curve's point where one is due (and at the stream's end)."""
@@ -148,6 +151,7 @@ class OnlineLoop:
         self.state["optimizer"] = name
 
     def drop_old_optimizers(self, folder: Path) -> None:
+        """Delete the optimizer states of earlier segments (the checkpoint names the current one)."""
         for f in folder.glob("optimizer-*.pt"):
             if f.name != self.state["optimizer"]:
                 f.unlink()
@@ -191,11 +195,11 @@ def run(engine: "Engine", state: dict, folder: Path) -> dict:
     for index in range(state["completed"], T):
         seed_everything(cfg.seed * 1_000_003 + index)
         frozen_before = learner.backbone_frozen
-        stats = loop.segment(segments[index])
+        stats, anytime_s = loop.segment(segments[index])
         t0 = time.perf_counter()
         rows = engine._evaluate(index + 1, state)
         loop.segment_end(rows, last=index == T - 1)
-        eval_s = time.perf_counter() - t0
+        eval_s = anytime_s + time.perf_counter() - t0
         state["rows"].append(rows)
         state["train_s"] += stats.seconds
         state["eval_s"] += eval_s
@@ -203,7 +207,7 @@ def run(engine: "Engine", state: dict, folder: Path) -> dict:
         name = stream.tasks[index].name
         state["log"].append({"task": name, "segment": counts[index], "steps": stats.steps, "examples": stats.examples,
                              "loss": stats.loss, "train_s": stats.seconds, "eval_s": eval_s,
-                             "trainable_parameters": stats.trainable, "method": {}})
+                             "trainable_parameters": stats.trainable, "method": method.task_summary(stream.tasks[index])})
         console.print(f"segment {index + 1:>2}/{T} {name:<14} {stats.steps:>5} steps  loss {stats.loss:.4f}  "
                              f"{kind.matrices[primary][0]}(seen) {np.mean(rows[primary][: learner.tasks_seen]):.4f}")
         engine._notify("task", index + 1, [t.name for t in stream.tasks], rows[primary], stats.loss)
