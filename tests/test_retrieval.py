@@ -109,6 +109,11 @@ def test_the_frozen_model_with_retrieval_trains_nothing_and_records_its_cost(tmp
     assert all(e["method"]["retrieval_query_ms"] > 0 for e in log)
     # 32 float32 numbers and an int64 value per entry
     assert log[1]["method"]["retrieval_index_mib"] == pytest.approx((n1 + n2) * (32 * 4 + 8) / 2**20)
+    # the answers kept show what was retrieved: none before the stream, k = 2 after a task
+    assert raw["predictions"][0]["kinds"][0]["demonstrations"] == []
+    demos = raw["predictions"][1]["kinds"][0]["demonstrations"]
+    assert len(demos) == 2 and all("\nAnswer: " in d for d in demos)
+    assert "[retrieved] " in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_retrieval_only_on_instruction_streams(tmp_path):

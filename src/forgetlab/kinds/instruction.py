@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import ConfigDict, Field
@@ -36,9 +36,6 @@ from ..models.learner import Learner, Output
 from ..models.peft import max_positions
 from ..train.batching import Inputs
 from .base import Kind, Rows
-
-if TYPE_CHECKING:
-    from ..methods.base import Method
 
 CLASSIFICATION_EVAL = ("probe", "probe_layers", "cka")
 
@@ -114,18 +111,15 @@ class InstructionTuning(Kind):
                                         tokens=[e.input_ids for e in encoded], targets=[e.labels for e in encoded])
         return self._encoded[key]
 
-    def prompts(self, task: InstructionTask, method: Method | None = None) -> list[list[int]]:
-        """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``; where
-        the method gives demonstrations (a retrieval memory), each prompt with its own before it."""
-        backbone = self.learner.backbone
-        budget = prompt_budget(backbone.max_length, task.max_new_tokens, max_positions(backbone.model))
-        demonstrations = method.demonstrations(task, task.test_examples) if method is not None else None
-        if demonstrations is not None:
-            return [self.with_demonstrations(ex, demos, method.retrieval.assemble, budget)
-                    for ex, demos in zip(task.test_examples, demonstrations)]
+    def prompts(self, task: InstructionTask) -> list[list[int]]:
+        """The test prompts as the model answers them, cut to leave room for ``max_new_tokens``."""
         if task.index not in self._prompts:
-            self._prompts[task.index] = [self.formatter.prompt_ids(ex, budget) for ex in task.test_examples]
+            self._prompts[task.index] = [self.formatter.prompt_ids(ex, self.budget(task)) for ex in task.test_examples]
         return self._prompts[task.index]
+
+    def budget(self, task: InstructionTask) -> int:
+        backbone = self.learner.backbone
+        return prompt_budget(backbone.max_length, task.max_new_tokens, max_positions(backbone.model))
 
     def with_demonstrations(self, example, demos: list[str], assemble, budget: int) -> list[int]:
         """The prompt ids with as many of its demonstrations (nearest first) as fit the budget whole; the
@@ -148,7 +142,10 @@ class InstructionTuning(Kind):
         generated, likelihood, unmatched, kept = [], [], [], {}
         for task in self.stream.tasks:
             method.eval_task(task)
-            prompts = self.prompts(task, method)
+            demonstrations = method.demonstrations(task, task.test_examples)
+            prompts = self.prompts(task) if demonstrations is None else [
+                self.with_demonstrations(ex, demos, method.assemble, self.budget(task))
+                for ex, demos in zip(task.test_examples, demonstrations)]
             answers = self.answer(task, prompts)
             scores = [self.score(task, ex, text) for ex, text in zip(task.test_examples, answers)]
             generated.append(sum(scores) / len(scores))
@@ -157,7 +154,9 @@ class InstructionTuning(Kind):
             if self.cfg.data.likelihood:
                 likelihood.append(self.likelihood_score(task, prompts))
             kept[task.name] = [{"prompt": ex.prompt[-300:], "reference": ex.response, "prediction": text, "score": s}
-                               for ex, text, s in list(zip(task.test_examples, answers, scores))[: self.cfg.data.keep_predictions]]
+                               | ({"demonstrations": [d[:200] for d in demonstrations[i]]} if demonstrations is not None else {})
+                               for i, (ex, text, s) in enumerate(zip(task.test_examples, answers, scores))
+                               if i < self.cfg.data.keep_predictions]
         if record:
             self.state["predictions"].append(kept)
             self.state["unmatched"].append(unmatched)

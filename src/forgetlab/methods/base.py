@@ -194,6 +194,10 @@ class Method:
         first), or None: the prompt as it is. A retrieval memory's, by default."""
         return self.retrieval.demonstrations(examples) if self.retrieval is not None else None
 
+    def assemble(self, demonstrations: list[str], prompt: str) -> str:
+        """The prompt with (some of) its demonstrations before it, as the model reads it."""
+        return self.retrieval.assemble(demonstrations, prompt)
+
     variant_parameter: ClassVar[str | None] = None     # what distinguishes the variants, e.g. "alpha"
     variant_value: float | None = None                 # this run's own value of it
 

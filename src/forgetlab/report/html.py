@@ -170,10 +170,16 @@ def _answers(results: dict, tasks: list[str]) -> dict | None:
         return None
     steps = ["before the stream"] + [f"after {t}" for t in tasks]
     unmatched = results.get("unmatched") or []
-    return {"steps": [(steps[i], [(task, [(p["prompt"], p["reference"], p["prediction"], _fmt(p["score"], 2))
+    return {"steps": [(steps[i], [(task, [(_shown_prompt(p), p["reference"], p["prediction"], _fmt(p["score"], 2))
                                           for p in kept[i].get(task, [])]) for task in tasks])
                       for i in range(len(kept))],
             "unmatched": [(steps[i], [_fmt(v, 2) for v in row]) for i, row in enumerate(unmatched)]}
+
+
+def _shown_prompt(kept: dict) -> str:
+    """A kept prompt, after the demonstrations a retrieval memory put before it (each cut to 200 characters)."""
+    demos = kept.get("demonstrations") or []
+    return "".join(f"[retrieved] {d}\n\n" for d in reversed(demos)) + kept["prompt"]
 
 
 def _class_forgetting(results: dict) -> bytes | None:

@@ -16,6 +16,8 @@ replay memory composes); the ``retrieval`` method is the frozen model with it al
   ``separator``:  ``demo_k ⏎⏎ … demo_1 ⏎⏎ prompt``. Where the window is short, the farthest are
   dropped whole until the prompt fits (the kind does this, ``kinds/instruction.py``).
 - General ability (``eval.retention``) is measured without demonstrations: it is the model's own.
+- The answers a run keeps (results.json ``predictions``) carry their demonstrations (200 characters
+  each); the report shows them before the prompt.
 - Cost: entries, the index's size and the mean time per query (embedding + search) land in
   ``task_log[i].method`` after every task.
 """
