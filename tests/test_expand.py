@@ -146,15 +146,7 @@ def test_every_task_trains_its_own_blocks_and_leaves_the_rest_bit_identical(tmp_
     method, backbone = engine.method, engine.learner.backbone
     blocks = [{n: p.detach().clone() for n, p in block.named_parameters()} for block in method.original]
     rest = {n: p.detach().clone() for n, p in backbone.named_parameters() if ".h." not in n}
-    after = {}
-    real = method.after_task
-
-    def record(task):
-        real(task)
-        after[task.index] = new_blocks(method, 0)
-    method.after_task = record
-    engine.run(tmp_path / "run", Store(tmp_path / "forgetlab.db"))
-    raw = json.loads((tmp_path / "run" / "results.json").read_text())
+    raw, after = run_recording_new_blocks(engine, tmp_path)
     first = new_blocks(method, 0)
     assert all(torch.equal(first[n], after[0][n]) for n in first)                    # task 2 left task 1's blocks
     assert not torch.equal(first["(0, 0, 0).mlp.c_proj.weight"], torch.zeros_like(first["(0, 0, 0).mlp.c_proj.weight"]))
@@ -167,19 +159,23 @@ def test_every_task_trains_its_own_blocks_and_leaves_the_rest_bit_identical(tmp_
     assert [log["trainable_parameters"] for log in raw["task_log"]] == [2 * GPT2_BLOCK] * 2
 
 
+def run_recording_new_blocks(engine, tmp_path) -> tuple[dict, dict]:
+    """Run the engine; its results and, after each task, the first expansion's blocks."""
+    method, after, real = engine.method, {}, engine.method.after_task
+
+    def record(task):
+        real(task)
+        after[task.index] = new_blocks(engine.method, 0)
+    method.after_task = record
+    engine.run(tmp_path / "run", Store(tmp_path / "forgetlab.db"))
+    return json.loads((tmp_path / "run" / "results.json").read_text()), after
+
+
 def test_first_task_grows_once_and_trains_the_same_blocks_on_every_task(tmp_path):
     engine = Engine(load_config(expand_config(tmp_path, when="first_task", blocks=1, lr=3e-3)))
     method = engine.method
     assert method.param_groups(engine.cfg.train)[0]["lr"] == 3e-3
-    after = {}
-    real = method.after_task
-
-    def record(task):
-        real(task)
-        after[task.index] = new_blocks(method, 0)
-    method.after_task = record
-    engine.run(tmp_path / "run", Store(tmp_path / "forgetlab.db"))
-    raw = json.loads((tmp_path / "run" / "results.json").read_text())
+    raw, after = run_recording_new_blocks(engine, tmp_path)
     assert any(not torch.equal(after[0][n], after[1][n]) for n in after[0])          # task 2 trained them again
     assert [log["method"] for log in raw["task_log"]] == [{"added_parameters": GPT2_BLOCK, "blocks": 3},
                                                            {"added_parameters": 0, "blocks": 3}]

@@ -135,16 +135,20 @@ class Engine:
                     point["retention"].append(self.retention.measure(self.learner.backbone, self.device))
         return rows
 
-    def _run_tasks(self, state: dict, ckpt_dir: Path) -> dict:
-        cfg, stream, learner, method, kind = self.cfg, self.stream, self.learner, self.method, self.kind
-        T = len(stream.tasks)
-        t_start, elapsed_before = time.perf_counter(), state.get("total_s", 0.0)
-        kind.state = state["kind"]
-        kind.start(method, ckpt_dir)
+    def _begin(self, state: dict, ckpt_dir: Path) -> None:
+        """Before the first task (and on resume): the kind's records and start, then the baseline."""
+        self.kind.state = state["kind"]
+        self.kind.start(self.method, ckpt_dir)
         if state["baseline"] is None:
             t0 = time.perf_counter()
             state["baseline"] = self._evaluate(0, state)
             state["eval_s"] += time.perf_counter() - t0
+
+    def _run_tasks(self, state: dict, ckpt_dir: Path) -> dict:
+        cfg, stream, learner, method, kind = self.cfg, self.stream, self.learner, self.method, self.kind
+        T = len(stream.tasks)
+        t_start, elapsed_before = time.perf_counter(), state.get("total_s", 0.0)
+        self._begin(state, ckpt_dir)
         primary = next(iter(kind.matrices))
         for task in stream.tasks[state["completed"]:]:
             seed_everything(cfg.seed * 1_000_003 + task.index)

@@ -180,12 +180,7 @@ def run(engine: "Engine", state: dict, folder: Path) -> dict:
     cfg, stream, learner, method, kind = engine.cfg, engine.stream, engine.learner, engine.method, engine.kind
     T = len(stream.tasks)
     t_start, elapsed_before = time.perf_counter(), state.get("total_s", 0.0)
-    kind.state = state["kind"]
-    kind.start(method, folder)
-    if state["baseline"] is None:
-        t0 = time.perf_counter()
-        state["baseline"] = engine._evaluate(0, state)
-        state["eval_s"] += time.perf_counter() - t0
+    engine._begin(state, folder)
     segments = blurry_split([len(kind.inputs(t, "train")) for t in stream.tasks], cfg.online.blurry, cfg.seed)
     counts = composition(segments, T)
     online = state.setdefault("online", {"step": 0, "examples": 0, "begun": [], "pending": [], "curve": [],
