@@ -31,7 +31,7 @@ def test_results_contract_outputs_and_store(tmp_path):
     assert R[0, 1] == R[0, 2] == R[1, 2] == 0.0
     assert raw["metrics"]["acc"] == pytest.approx(R[-1].mean())
     assert raw["environment"]["seed"] == 0 and raw["environment"]["torch"] == torch.__version__
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"] == {"name": "seq", "replay": None}
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"] == {"name": "seq", "replay": None, "retrieval": None}
     assert "<img" in (tmp_path / "run" / "report.html").read_text()
     [row] = Store(tmp_path / "forgetlab.db").runs()
     assert row["status"] == "completed" and row["metrics"]["acc"] == raw["metrics"]["acc"]
