@@ -143,8 +143,9 @@ class InstructionTuning(Kind):
         for task in self.stream.tasks:
             method.eval_task(task)
             demonstrations = method.demonstrations(task, task.test_examples)
+            budget = self.budget(task)
             prompts = self.prompts(task) if demonstrations is None else [
-                self.with_demonstrations(ex, demos, method.assemble, self.budget(task))
+                self.with_demonstrations(ex, demos, method.assemble, budget)
                 for ex, demos in zip(task.test_examples, demonstrations)]
             answers = self.answer(task, prompts)
             scores = [self.score(task, ex, text) for ex, text in zip(task.test_examples, answers)]
