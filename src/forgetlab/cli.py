@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import distributed
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -33,6 +34,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML"),
 
     overrides = dict(parse_override(s) for s in set_)
     results = run_api(config, overrides=overrides, out=out_dir, store=store, resume=resume)
+    if not distributed.current().main:          # over several processes the main rank reports
+        return
     _print_table(_metrics_table([results.raw], title=f"run {results.raw['run_id']}"))
     out.print(f"results: {results.run_dir / 'results.json'}")
     out.print(f"report:  {results.run_dir / 'report.html'}")

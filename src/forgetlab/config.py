@@ -33,6 +33,7 @@ class BackboneConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"   # auto: the checkpoint's
     revision: str | None = None
     trust_remote_code: bool = False
+    dropout: float | None = Field(None, ge=0, lt=1)   # every dropout of the model set to this (None: the model's own)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -91,6 +92,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False         # recompute activations in backward (less memory, ~1/3 slower)
     packing: bool = False                        # instruction streams: a batch's examples packed into as few rows
                                                  # of backbone.max_length as fit, none attending to another
+    distributed: Literal["ddp", "fsdp", "deepspeed"] | None = None   # under accelerate launch / torchrun with
+                                                 # several processes: how they share the work (docs/scaling.md)
+    zero_stage: Literal[1, 2, 3] = 2             # deepspeed's ZeRO stage
 
 
 class RetentionConfig(Section):
@@ -141,6 +145,8 @@ class OnlineConfig(Section):
 
 # Sections added after runs were stored: left out of the hash when absent, so those runs keep theirs.
 LATER_SECTIONS = ("online",)
+LATER_BACKBONE_KEYS = ("dropout",)                  # and backbone keys, when None
+EXECUTION_KEYS = ("distributed", "zero_stage")      # train keys left out of the hash (Config.hash)
 
 
 class Config(Section):
@@ -159,9 +165,12 @@ class Config(Section):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """A stable hash of the resolved config (less ``log``, and less a later section left out): the
-        identity of a run."""
+        """A stable hash of the resolved config (less ``log``, a later section left out, and how the
+        run is spread over processes, ``EXECUTION_KEYS``: it gives the same numbers at any world size,
+        and resumes at any): the identity of a run."""
         kept = {k: v for k, v in self.to_dict().items() if k != "log" and not (k in LATER_SECTIONS and v is None)}
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in EXECUTION_KEYS}
+        kept["backbone"] = {k: v for k, v in kept["backbone"].items() if not (k in LATER_BACKBONE_KEYS and v is None)}
         blob = json.dumps(kept, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

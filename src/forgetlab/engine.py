@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from . import checkpoint
+from . import checkpoint, distributed
 from ._version import __version__
 from .config import Config, dump_config
 from .errors import UserError
@@ -52,8 +52,14 @@ class Engine:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = pick_device(cfg.train.device)
+        self.ranks = distributed.setup(cfg.train.distributed, self.device.type)
+        if self.ranks.active:
+            self.device = self.ranks.accelerator.device      # this rank's GPU (cuda:LOCAL_RANK) or the CPU
+            console.quiet = not self.ranks.main
         seed_everything(cfg.seed)
         kind_cls, method_cls = kind_class(cfg.data.scenario), method_class(cfg.method["name"])
+        if self.ranks.active:
+            _check_distributed(cfg, method_cls)
         if not supports(method_cls, kind_cls.name):
             usable = sorted(n for n, m in REGISTRY.items() if supports(m, kind_cls.name))
             raise UserError(f"method.name: {method_cls.name} does not support {kind_cls.name} streams "
@@ -76,7 +82,9 @@ class Engine:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, out_dir: Path, store: Store, resume: bool = False) -> dict:
-        cfg, stream = self.cfg, self.stream
+        """Every rank runs the stream; only the main rank writes (over several processes the run
+        folder must be one every rank reaches, for ``--resume``). Any rank that fails marks the run failed."""
+        cfg, stream, ranks = self.cfg, self.stream, self.ranks
         ckpt_dir = out_dir / "checkpoint"
         state = checkpoint.read_state(ckpt_dir) if resume else None
         if state and state["config_hash"] != cfg.hash():
@@ -85,26 +93,31 @@ class Engine:
             state = checkpoint.restore(ckpt_dir, self.learner, self.method)
             console.print(f"resuming {out_dir} after task {state['completed']}/{len(stream.tasks)}")
         else:
-            if ckpt_dir.exists():
+            if ranks.main and ckpt_dir.exists():
                 shutil.rmtree(ckpt_dir)
-            state = {"run_id": _new_run_id(cfg), "config_hash": cfg.hash(), "completed": 0, "rows": [],
+            state = {"run_id": ranks.broadcast(_new_run_id(cfg)), "config_hash": cfg.hash(), "completed": 0, "rows": [],
                      "baseline": None, "retention": [], "variants": {}, "kind": {}, "log": [], "train_s": 0.0, "eval_s": 0.0}
         run_id = state["run_id"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").unlink(missing_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
-        store.begin(run_id, cfg.hash(), cfg.to_dict(), str(out_dir))
+        if ranks.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "results.json").unlink(missing_ok=True)
+            dump_config(cfg, out_dir / "config.yaml")
+            store.begin(run_id, cfg.hash(), cfg.to_dict(), str(out_dir))
+        ranks.barrier()
         self.loggers = []
         try:
-            self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
+            if ranks.main:
+                self.loggers = open_loggers(cfg.log, out_dir, cfg.name or run_id, cfg.to_dict(), state)
             results = online.run(self, state, ckpt_dir) if cfg.online else self._run_tasks(state, ckpt_dir)
-            write_report(results, out_dir / "report.html")
-            write_json(out_dir / "results.json", results)
-            store.complete(run_id, results)
+            if ranks.main:
+                write_report(results, out_dir / "report.html")
+                write_json(out_dir / "results.json", results)
+                store.complete(run_id, results)
         except BaseException as exc:
             self._notify("close", failed=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             store.fail(run_id, f"{type(exc).__name__}: {message}")
+            out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
                                                    "status": "failed", "error": traceback.format_exc(limit=5),
                                                    "config": cfg.to_dict()})
@@ -173,7 +186,9 @@ class Engine:
                           f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  {seen}")
             self._notify("task", task.index + 1, [t.name for t in stream.tasks], rows[primary], stats.loss)
             state["total_s"] = elapsed_before + time.perf_counter() - t_start
-            checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
+            if self.ranks.main:
+                checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
+            self.ranks.barrier()
         timing = {"train_s": state["train_s"], "eval_s": state["eval_s"],
                   "total_s": elapsed_before + time.perf_counter() - t_start}
         return self._results(state, timing)
@@ -213,7 +228,8 @@ class Engine:
             "resources": {**resources(self.device), "trainable_parameters": max((e.get("trainable_parameters", 0)
                                                                                   for e in state["log"]), default=0),
                           "method_state_mib": _mib(self.method.held())},
-            "environment": environment(self.cfg.seed, self.device),
+            "environment": {**environment(self.cfg.seed, self.device), "world_size": self.ranks.world,
+                            "distributed": self.ranks.strategy},
         }
 
     def _matrices(self, all_rows: list[dict], baseline: dict) -> dict:
@@ -240,6 +256,15 @@ class Engine:
             points.append({"value": point["value"], "matrices": matrices, "retention": retention,
                            "metrics": {k: v for m in matrices.values() for k, v in m["metrics"].items()}})
         return {"parameter": self.method.variant_parameter, "value": self.method.variant_value, "points": points}
+
+
+def _check_distributed(cfg: Config, method: type[Method]) -> None:
+    """Refuse in one line what does not run over several processes yet."""
+    if method.not_distributed:
+        raise UserError(f"method.name: {method.name} does not run over several processes ({method.not_distributed}); "
+                        "run it in one process")
+    if cfg.online:
+        raise UserError("online: an online stream runs in one process; start it without a launcher")
 
 
 def resources(device: torch.device) -> dict:

@@ -14,6 +14,7 @@ import torch
 from pydantic import ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from .. import distributed
 from ..config import DataConfig, HeadConfig
 from ..data.sources import cache_dir
 from ..data.stream import Task, build_stream
@@ -141,10 +142,13 @@ class Classification(Kind):
         self.state.setdefault("class_rows", [])
         self.cka_reference = None
         if self.cfg.eval.cka:
-            reference = folder / CKA_REFERENCE
-            if not reference.is_file():           # a fresh run: the initial backbone's features
-                folder.mkdir(parents=True, exist_ok=True)
-                save_file({"features": self.diagnoser.cka_features(self.features)}, str(reference))
+            reference, ranks = folder / CKA_REFERENCE, distributed.current()
+            if ranks.broadcast(not reference.is_file()):      # a fresh run: the initial backbone's features
+                features = self.diagnoser.cka_features(self.features)
+                if ranks.main:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_file({"features": features}, str(reference))
+                ranks.barrier()
             self.cka_reference = load_file(str(reference))["features"]
 
     def evaluate(self, method, seen: int, record: bool = True) -> Rows:

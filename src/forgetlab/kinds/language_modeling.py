@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field
 
+from .. import distributed
 from ..config import DataConfig, HeadConfig
 from ..data.lm_stream import build_lm_stream
 from ..data.stream import Task
@@ -89,18 +90,23 @@ class LanguageModeling(Kind):
 
     @torch.inference_mode()
     def evaluate(self, method, seen: int, record: bool = True) -> Rows:
-        """Mean next-token NLL, its perplexity and top-1 accuracy on every task's held-out windows."""
+        """Mean next-token NLL, its perplexity and top-1 accuracy on every task's held-out windows (over
+        several processes, each rank takes its share of the windows and the sums are added up)."""
         self.learner.eval()
+        ranks = distributed.current()
         nll_row, accuracy_row = [], []
         for task in self.stream.tasks:
             method.eval_task(task)
             nll, right, count = 0.0, 0, 0
-            for batch in method.ctx.batches(self.inputs(task, "test"), self.cfg.train.batch_size):
+            windows = self.inputs(task, "test")
+            mine = windows.subset(torch.arange(len(windows))[ranks.rank::ranks.world])
+            for batch in method.ctx.batches(mine, self.cfg.train.batch_size):
                 logits = self.learner.backbone.lm_logits(batch["input_ids"], batch["attention_mask"])
                 token_loss, scored = token_nll(logits, batch["targets"])
                 nll += token_loss.sum().item()
                 right += int(((logits[:, :-1].argmax(-1) == batch["targets"][:, 1:]) & scored).sum())
                 count += int(scored.sum())
+            nll, right, count = ranks.sum([nll, right, count])
             nll_row.append(nll / count)
             accuracy_row.append(right / count)
         return {"accuracy": accuracy_row, "perplexity": [math.exp(x) for x in nll_row], "nll": nll_row}

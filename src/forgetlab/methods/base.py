@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from .. import distributed
 from ..config import HeadConfig, Section, TrainConfig
 from ..data.stream import Stream, Task
 from ..errors import UserError
@@ -75,10 +77,13 @@ class Context:
 
 
 def joint_cross_entropy(outs: list[Output]) -> torch.Tensor:
-    """Cross-entropy over the rows of several outputs together (-100 targets: no loss)."""
+    """Cross-entropy over the rows of several outputs together (-100 targets: no loss); in a run over
+    several processes, this rank's share of the mean over every rank's rows (``distributed.global_mean``)."""
     logits = torch.cat([o.logits.flatten(0, -2) for o in outs])
     targets = torch.cat([o.targets.flatten() for o in outs])
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    count = int((targets != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX) if count else logits.sum() * 0.0
+    return distributed.current().global_mean(loss, count)
 
 
 class Method:
@@ -88,6 +93,8 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     kinds: ClassVar[frozenset[str]] = frozenset({ANY_KIND})    # the task kinds it supports
     task_free: ClassVar[bool] = False      # works on an online stream without task boundaries
+    # runs over several processes (``distributed.py``): every rank holds the same state; None, or why not
+    not_distributed: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -232,7 +239,9 @@ class Method:
         """A batch of examples drawn uniformly from the memory, or None if it is empty."""
         if self.memory is None or len(self.memory) == 0:
             return None
-        idx = self.memory.sample(self.cfg.replay.batch_size or self.ctx.train.batch_size)
+        idx = distributed.current().shard(self.memory.sample(self.cfg.replay.batch_size or self.ctx.train.batch_size))
+        if len(idx) == 0:                   # this rank's share of a memory batch smaller than the world
+            return None
         batch = self.ctx.batch(self.ctx.examples(self.memory.task_ids[idx], self.memory.example_ids[idx]))
         batch["memory_index"] = idx
         return batch

@@ -22,6 +22,7 @@ class DERConfig(MethodConfig):
 
 class DERPP(Method):
     name = "der++"
+    not_distributed = "fills its memory from each step's batch, which differs per rank"
     kinds = frozenset({"classification"})
     Config = DERConfig
     task_free = True

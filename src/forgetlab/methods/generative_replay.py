@@ -35,6 +35,7 @@ class GenerativeReplayConfig(MethodConfig):
 
 class GenerativeReplay(Method):
     name = "generative_replay"
+    not_distributed = "samples its pseudo-examples per rank"
     kinds = frozenset({"classification", "instruction"})
     Config = GenerativeReplayConfig
 

@@ -55,6 +55,7 @@ class SSRConfig(MethodConfig):
 
 class SSR(Method):
     name = "ssr"
+    not_distributed = "samples its synthetic instances per rank"
     kinds = frozenset({"instruction"})
     Config = SSRConfig
 

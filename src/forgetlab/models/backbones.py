@@ -146,10 +146,21 @@ class _Hidden:
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    if cfg.name:
-        return _pretrained(cfg)
-    backbone = _from_config(cfg)
-    return backbone if cfg.dtype == "auto" else backbone.to(getattr(torch, cfg.dtype))
+    backbone = _pretrained(cfg) if cfg.name else _from_config(cfg)
+    if cfg.dropout is not None:
+        set_dropout(backbone, cfg.dropout)
+    return backbone if cfg.name or cfg.dtype == "auto" else backbone.to(getattr(torch, cfg.dtype))
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Every dropout of ``module`` set to ``p``: its ``nn.Dropout`` layers, and the float attributes
+    transformers' attention reads its dropout from (``attention_dropout``, ``dropout``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(m, name, None), float):
+                setattr(m, name, p)
 
 
 def _from_config(cfg: BackboneConfig) -> Backbone:

@@ -14,13 +14,23 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import distributed
 from ..models.backbones import Backbone
 from .batching import length_sorted_batches, pad
 
 
-@torch.inference_mode()
 def encode(backbone: Backbone, texts: list[str], batch_size: int, device: torch.device) -> torch.Tensor:
-    """Features [N, dim] of the texts, in input order, computed in length-sorted batches."""
+    """Features [N, dim] of the texts, in input order, computed in length-sorted batches (over several
+    processes, each rank encodes its share and every rank gets them all)."""
+    ranks = distributed.current()
+    if not ranks.active:
+        return _encode(backbone, texts, batch_size, device)
+    rows = ranks.map(lambda part: list(_encode(backbone, part, batch_size, device)), texts)
+    return torch.stack(rows) if rows else torch.empty(0, backbone.dim)
+
+
+@torch.inference_mode()
+def _encode(backbone: Backbone, texts: list[str], batch_size: int, device: torch.device) -> torch.Tensor:
     was_training = backbone.training
     backbone.eval()
     tokens = backbone.tokenize(texts)
@@ -77,7 +87,7 @@ class FeatureCache:
         return torch.stack([self.rows[k] for k in keys]) if keys else torch.empty(0, backbone.dim)
 
     def _save(self, keys: torch.Tensor, feats: torch.Tensor) -> None:
-        if self.dir is None:
+        if self.dir is None or not distributed.current().main:      # one writer per run
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from typing import TYPE_CHECKING
 
+from .. import distributed
 from ..config import TrainConfig
 from ..models.learner import Learner
 from ..runtime import bf16_supported
@@ -52,6 +53,8 @@ class Stepper:
         self.learner, self.method, self.cfg = learner, method, cfg
         self.bf16 = cfg.precision == "bf16" and bf16_supported(device)
         self.device, self.micro = device, 0
+        self.ranks = distributed.current()
+        self.model: torch.nn.Module = learner
         self.optimizer: torch.optim.Optimizer | None = None
         self.params: list[torch.nn.Parameter] = []
         self.rebuild()
@@ -68,23 +71,28 @@ class Stepper:
                     self.optimizer.state[p] = old.state[p]
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
+            self.model = self.ranks.wrap(self.learner)      # over several processes: over what trains now
 
-    def batch(self, batch: dict) -> tuple[float, bool]:
-        """Train on one batch: its loss, and whether an optimizer step followed it."""
+    def batch(self, batch: dict, standin: bool = False) -> tuple[float, bool]:
+        """Train on one batch (over several processes: this rank's share of it; ``standin``: an empty
+        share, see ``Ranks.sharded_step``): the loss (of the whole batch), and whether an optimizer step followed."""
         cfg = self.cfg
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.method.loss(batch, self.learner(batch))
-        (loss / cfg.grad_accum).backward()
         self.micro += 1
-        if self.micro % cfg.grad_accum:
-            return loss.item(), False
+        last = self.micro % cfg.grad_accum == 0
+        with self.ranks.no_sync(self.model, skip=not last), self.ranks.sharded_step(standin):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.method.loss(batch, self.model(batch))
+            (loss / cfg.grad_accum).backward()
+        value = self.ranks.sum([loss.item()])[0] / self.ranks.world
+        if not last:
+            return value, False
         self.method.after_backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.method.after_step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item(), True
+        return value, True
 
 
 def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainConfig, *, seed: int,
@@ -92,8 +100,10 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     """Train on ``inputs`` for ``cfg.epochs`` epochs (or ``cfg.max_steps`` optimizer steps), shuffled by ``seed``;
     with ``cfg.group_by_length``, token batches hold examples of similar length (``epoch_batches``). An
     optimizer step averages the losses of ``cfg.grad_accum`` batches; ``cfg.precision: bf16`` runs the
-    forward under bf16 autocast where the device has it (else in the weights' dtype); ``cfg.packing`` packs each batch's examples into as few rows as fit."""
+    forward under bf16 autocast where the device has it (else in the weights' dtype); ``cfg.packing`` packs each batch's examples into as few rows as fit.
+    Over several processes each rank trains on its share of every batch (``distributed.py``)."""
     stepper = Stepper(learner, method, cfg, device)
+    ranks = stepper.ranks
     n = len(inputs)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
@@ -114,9 +124,11 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
             for idx in epoch_batches(n, cfg.batch_size, generator, lengths):
                 if step == total:
                     break
-                batch = make_batch(inputs, idx, pad_id, device, pack_length=learner.backbone.max_length if cfg.packing else None)
-                loss, stepped = stepper.batch(batch)
-                seen += len(batch["labels"])
+                mine = ranks.shard(idx)
+                batch = make_batch(inputs, mine if len(mine) else idx[:1], pad_id, device,
+                                   pack_length=learner.backbone.max_length if cfg.packing else None)
+                loss, stepped = stepper.batch(batch, standin=not len(mine))
+                seen += len(idx)
                 recent.append(loss)
                 if not stepped:
                     continue

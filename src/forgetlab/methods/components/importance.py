@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ... import distributed
 from ...models.learner import Learner
 from ...models.causal_lm import IGNORE_INDEX
 from ...train.batching import Inputs, length_sorted_batches
@@ -57,7 +58,16 @@ def scored(out) -> torch.Tensor:
 
 def mean_statistic(learner: Learner, objective, params: dict, data: Inputs, make_batch, square: bool,
                    batched: bool = True) -> dict[str, torch.Tensor]:
-    """Mean over ``data`` of each per-example gradient squared (Fisher) or in absolute value (MAS)."""
+    """Mean over ``data`` of each per-example gradient squared (Fisher) or in absolute value (MAS);
+    over several processes each rank sums over its share and the sums are all-reduced."""
+    n, ranks = len(data), distributed.current()
+    mine = data.subset(torch.arange(n)[ranks.rank::ranks.world]) if ranks.active else data
+    total = _sum_statistic(learner, objective, params, mine, make_batch, square, batched)
+    return {k: t / max(n, 1) for k, t in ranks.sum_tensors(total).items()}
+
+
+def _sum_statistic(learner: Learner, objective, params: dict, data: Inputs, make_batch, square: bool,
+                   batched: bool) -> dict[str, torch.Tensor]:
     n = len(data)
     if batched and n and _batched_path_agrees(learner, params, data, make_batch):
         lengths = [len(t) for t in data.tokens] if data.tokens is not None else [0] * n
@@ -66,7 +76,7 @@ def mean_statistic(learner: Learner, objective, params: dict, data: Inputs, make
     else:
         total = _loop_statistic(objective, params, (make_batch(data.subset(torch.tensor([i]))) for i in range(n)),
                                 square)
-    return {k: t / max(n, 1) for k, t in total.items()}
+    return total
 
 
 def _loop_statistic(objective, params: dict, batches, square: bool) -> dict[str, torch.Tensor]:

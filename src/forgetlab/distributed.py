@@ -1,0 +1,178 @@
+"""One run over several processes: ``forgetlab run`` started under ``accelerate launch`` or ``torchrun``.
+
+accelerate sets up the process group (gloo on CPUs, NCCL on GPUs) and wraps the learner for the
+strategy in ``train.distributed`` (DDP here; FSDP and DeepSpeed refuse until their path is tested).
+What accelerate does not know, this module does, for the engine, the kinds and the methods:
+
+- every rank draws its share ``idx[rank::world]`` of each global batch, and the cross-entropy of a
+  training step is rescaled to the global mean (``global_mean``), so a step's gradient is the one a
+  single process computes on the whole batch;
+- evaluation items are split the same way and gathered back into order (``map``), sums are all-reduced;
+- only the main rank writes (results, report, store, trackers, checkpoints); any rank that fails
+  marks the run failed.
+
+One process (no launcher, or a launcher with one process) is ``Ranks()``: every call is a no-op.
+The current ranks are a module global (``current()``), set once per process by ``setup``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+T = TypeVar("T")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+
+
+class Ranks:
+    """This process's place among the run's processes, and the collectives the run uses."""
+
+    def __init__(self, accelerator=None, strategy: str | None = None):
+        self.accelerator, self.strategy = accelerator, strategy
+        self.world = accelerator.num_processes if accelerator else 1
+        self.rank = accelerator.process_index if accelerator else 0
+        self.main = self.rank == 0
+        self._step = self._standin = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    # -- splitting work ----------------------------------------------------------------------
+    def shard(self, items: Sequence[T]) -> Sequence[T]:
+        """This rank's share of ``items``: every ``world``-th from ``rank`` (a strided split keeps the
+        shares within one item of each other, also of a length-sorted list)."""
+        return items[self.rank::self.world] if self.active else items
+
+    def map(self, fn: Callable[[list], list], items: Sequence) -> list:
+        """``fn`` over ``items`` (one result per item), each rank on its share, gathered back in order."""
+        if not self.active:
+            return fn(items)
+        mine = self.shard(items)
+        parts = self.gather(fn(mine) if len(mine) else [])
+        out = [None] * len(items)
+        for r, part in enumerate(parts):
+            out[r::self.world] = part
+        return out
+
+    def gather(self, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order."""
+        if not self.active:
+            return [obj]
+        parts = [None] * self.world
+        dist.all_gather_object(parts, obj)
+        return parts
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums of ``values`` over the ranks (float64)."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def sum_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each tensor summed over the ranks, in place."""
+        if self.active:
+            for t in tensors.values():
+                dist.all_reduce(t)
+        return tensors
+
+    def broadcast(self, obj: T) -> T:
+        """The main rank's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    # -- the training step -------------------------------------------------------------------
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module wrapped for the strategy (gradients averaged over the ranks in backward)."""
+        if not self.active:
+            return module
+        return self.accelerator.prepare_model(module, device_placement=False)
+
+    @contextmanager
+    def no_sync(self, model: torch.nn.Module, skip: bool) -> Iterator[None]:
+        """No gradient all-reduce in this backward (a micro-batch before the optimizer step)."""
+        if self.active and skip:
+            with model.no_sync():
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def sharded_step(self, standin: bool = False) -> Iterator[None]:
+        """A training step in which ``global_mean`` rescales the cross-entropy. ``standin``: this rank's
+        share of the batch was empty (a last batch smaller than the world), so it runs a forward and
+        backward on a stand-in example that counts for nothing, as DDP needs every rank to."""
+        self._step, self._standin = True, standin
+        try:
+            yield
+        finally:
+            self._step = self._standin = False
+
+    def global_mean(self, local_mean: torch.Tensor, count: int) -> torch.Tensor:
+        """A mean over this rank's ``count`` rows made the share of the global mean over every rank's
+        rows, times ``world``: DDP averages the ranks' gradients, so the step's gradient becomes that of
+        the global mean, as one process computes it on the whole batch (also when the shares differ
+        in size: the last batch of an epoch, token counts). Outside a sharded training step: unchanged."""
+        if not (self.active and self._step):
+            return local_mean
+        count = 0 if self._standin else count
+        total = torch.tensor([float(count)], dtype=torch.float64)
+        dist.all_reduce(total)
+        return local_mean * (count * self.world / max(total.item(), 1.0))
+
+
+_current = Ranks()
+
+
+def current() -> Ranks:
+    return _current
+
+
+def launched_world() -> int:
+    """The number of processes a launcher (torchrun, accelerate launch) started, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(strategy: str | None, device: str) -> Ranks:
+    """The ranks of this process: under a launcher with several processes, accelerate's process group
+    and the strategy; otherwise one process, whatever ``train.distributed`` says."""
+    global _current
+    if launched_world() == 1:
+        _current = Ranks()
+        return _current
+    if _current.active:
+        return _current
+    if strategy is None:
+        raise UserError(f"train.distributed: {launched_world()} processes were launched; "
+                        f"set train.distributed to one of {', '.join(STRATEGIES)}")
+    if strategy != "ddp":
+        raise UserError(f"train.distributed: {strategy} is not available yet; use ddp "
+                        "(see docs/scaling.md for what each strategy needs)")
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    accelerator = Accelerator(cpu=device == "cpu", kwargs_handlers=[ddp])
+    _current = Ranks(accelerator, strategy)
+    signal.signal(signal.SIGTERM, _raise_on_term)      # a launcher stopping the run: marked failed
+    return _current
+
+
+def _raise_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
