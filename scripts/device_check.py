@@ -172,7 +172,6 @@ def main() -> None:
     args = parser.parse_args()
     spec = SMOKE if args.smoke else FULL
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = True
     began = time.perf_counter()
     rate = matmul_rate(spec["matmul"], device)
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "

@@ -162,6 +162,11 @@ def test_plan_needs_the_size_of_a_model_it_cannot_see(tmp_path, monkeypatch, cap
     assert code == 2 and "--parameters" in err and "Traceback" not in err
     code, out, _ = plan(monkeypatch, capsys, tmp_path / "c.yaml", "--gpus", 8, "--parameters", 7e9)
     assert code == 0 and "13.04" in out.split("fsdp")[1].splitlines()[0]
+    write_config(tmp_path, {"name": "no-such-org/no-such-model"}, {"name": "lora"})
+    code, _, err = plan(monkeypatch, capsys, tmp_path / "c.yaml", "--parameters", 7e9)
+    assert code == 2 and "--trainable" in err
+    code, out, _ = plan(monkeypatch, capsys, tmp_path / "c.yaml", "--parameters", 7e9, "--trainable", 4e6)
+    assert code == 0 and "4,000,000 trained" in " ".join(out.split())
 
 
 # -- the docs and examples -------------------------------------------------------------------------

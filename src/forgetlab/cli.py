@@ -282,19 +282,24 @@ def plan(config: Path = typer.Argument(..., help="experiment YAML"),
          gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs the run is spread over"),
          parameters: Optional[float] = typer.Option(None, "--parameters",
                                                     help="the backbone's parameter count (6.74e9) when its config is not on this machine"),
-         trainable: Optional[float] = typer.Option(None, "--trainable", help="with --parameters: those trained (default: all)")):
-    """Training memory per GPU of CONFIG's backbone under each strategy: model states only, no activations."""
+         trainable: Optional[float] = typer.Option(None, "--trainable", help="parameters trained (default: LoRA's adapters, else all)")):
+    """Training memory per GPU of CONFIG's backbone under each strategy: model states only, no activations.
+    LoRA's adapters are counted; other methods count as full fine-tuning unless --trainable says otherwise."""
     from .experiment import load_config
     from .scaling import SHARDED, training_memory
 
     cfg = load_config(config)
     if parameters is None:
-        parameters, trainable = _backbone_counts(cfg)
+        parameters, counted = _backbone_counts(cfg)
+        trainable = counted if trainable is None else trainable
+    elif trainable is None and cfg.method["name"] == "lora":
+        raise UserError("--parameters: with method lora give the adapters' size too: --trainable N "
+                        "(r × (inputs + outputs) for each adapted linear layer)")
     precision = cfg.train.precision if cfg.backbone.dtype != "bfloat16" else "bf16-pure"
     chosen = {"ddp": "ddp", "fsdp": "fsdp", "deepspeed": f"zero{getattr(cfg.train, 'zero_stage', 2)}"}.get(
         getattr(cfg.train, "distributed", None), "single")
     table = Table("strategy", "weights", "gradients", "optimizer", "master", "buffers", "total GiB",
-                  title=escape(f"{config}: {parameters:,.0f} parameters, {trainable or parameters:,.0f} trained, "
+                  title=escape(f"{config}: {parameters:,.0f} parameters, {parameters if trainable is None else trainable:,.0f} trained, "
                                f"{precision}, {gpus} GPU(s); activations not included"))
     for strategy in SHARDED:
         if strategy in ("zero1", "zero2", "zero3") and precision == "bf16-pure":
