@@ -1,4 +1,4 @@
-"""The ``forgetlab`` command line: run, sweep, show, export, report, pretrain, infer, bench."""
+"""The ``forgetlab`` command line: run, sweep, show, export, report, pretrain, infer, bench, plan."""
 from __future__ import annotations
 
 import csv
@@ -278,6 +278,64 @@ def bench(only: list[str] = typer.Option([], "--only", help="run only these benc
         table.add_row(*map(escape, row))
     _print_table(table)
     out.print(f"results: {out_file}")
+
+
+@app.command()
+def plan(config: Path = typer.Argument(..., help="experiment YAML"),
+         gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs the run is spread over"),
+         parameters: Optional[float] = typer.Option(None, "--parameters",
+                                                    help="the backbone's parameter count (6.74e9) when its config is not on this machine"),
+         trainable: Optional[float] = typer.Option(None, "--trainable", help="parameters trained (default: LoRA's adapters, else all)")):
+    """Training memory per GPU of CONFIG's backbone under each strategy: model states only, no activations.
+    LoRA's adapters are counted; other methods count as full fine-tuning unless --trainable says otherwise."""
+    from .experiment import load_config
+    from .scaling import SHARDED, training_memory
+
+    cfg = load_config(config)
+    if parameters is None:
+        parameters, counted = _backbone_counts(cfg)
+        trainable = counted if trainable is None else trainable
+    elif trainable is None and cfg.method["name"] == "lora":
+        raise UserError("--parameters: with method lora give the adapters' size too: --trainable N "
+                        "(r × (inputs + outputs) for each adapted linear layer)")
+    precision = cfg.train.precision if cfg.backbone.dtype != "bfloat16" else "bf16-pure"
+    chosen = {"ddp": "ddp", "fsdp": "fsdp", "deepspeed": f"zero{getattr(cfg.train, 'zero_stage', 2)}"}.get(
+        getattr(cfg.train, "distributed", None), "single")
+    table = Table("strategy", "weights", "gradients", "optimizer", "master", "buffers", "total GiB",
+                  title=escape(f"{config}: {parameters:,.0f} parameters, {parameters if trainable is None else trainable:,.0f} trained, "
+                               f"{precision}, {gpus} GPU(s); activations not included"))
+    for strategy in SHARDED:
+        if strategy in ("zero1", "zero2", "zero3") and precision == "bf16-pure":
+            continue
+        m = training_memory(parameters, strategy=strategy, world_size=gpus, precision=precision, trainable=trainable)
+        table.add_row(("one GPU" if strategy == "single" else strategy) + (" (config)" if strategy == chosen else ""),
+                      *(f"{m[k]:.2f}" for k in ("weights", "gradients", "optimizer", "master", "buffers", "total")))
+    _print_table(table)
+
+
+def _backbone_counts(cfg) -> tuple[int, int]:
+    """The backbone's parameters and those the method trains (LoRA: its adapters), built on the meta device."""
+    from .models.backbones import build_backbone, is_causal_config, resolve_model_path
+    from .scaling import lora_parameters, meta_model
+
+    if cfg.backbone.name:
+        from transformers import AutoConfig
+
+        try:
+            hf_cfg = AutoConfig.from_pretrained(resolve_model_path(cfg.backbone.name), local_files_only=True,
+                                                revision=cfg.backbone.revision, trust_remote_code=cfg.backbone.trust_remote_code)
+        except (OSError, ValueError):
+            raise UserError(f"backbone.name: no config of '{cfg.backbone.name}' on this machine; "
+                            f"give its size: --parameters 6.74e9") from None
+        model = meta_model(hf_cfg, causal=cfg.backbone.kind == "causal_lm" or
+                           (cfg.backbone.kind == "auto" and is_causal_config(hf_cfg)))
+    else:
+        model = build_backbone(cfg.backbone).model
+    total = sum(p.numel() for p in model.parameters())
+    if cfg.method["name"] != "lora":
+        return total, total
+    adapters = lora_parameters(model, cfg.method["r"], cfg.method["target_modules"])
+    return total + adapters, adapters
 
 
 def _print_table(table: Table) -> None:
