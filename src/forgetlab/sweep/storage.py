@@ -155,7 +155,7 @@ class CheckpointMirror:
     boundary), and the run's log with it. ``stop()`` makes a last pass; errors are written to the log and
     tried again at the next change."""
 
-    def __init__(self, storage: RunStorage, run_dir: Path, interval: float = 0.5):
+    def __init__(self, storage: RunStorage, run_dir: Path, interval: float = 0.2):
         self.storage, self.run_dir, self.interval = storage, run_dir, interval
         self.state_file = run_dir / "checkpoint" / STATE
         self.seen = self._stamp()                   # a checkpoint downloaded before the run is in storage already
