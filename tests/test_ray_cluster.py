@@ -203,6 +203,14 @@ def test_an_address_that_cannot_be_joined_fails_in_seconds_with_one_line(tmp_pat
         run_sweep(sweep, executor="ray", address=f"127.0.0.1:{port}")
     assert time.perf_counter() - t0 < 10
 
+    other = socket.socket()                                        # another service: answers, not in HTTP/2
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    threading.Thread(target=lambda: other.accept()[0].sendall(b"SSH-2.0-OpenSSH_9.6\r\n"), daemon=True).start()
+    with pytest.raises(UserError, match=r": something answers there but it is not a Ray cluster"):
+        run_sweep(sweep, executor="ray", address=f"localhost:{other.getsockname()[1]}")
+    other.close()
+
     silent = socket.socket()                                       # listens, accepts, never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen()

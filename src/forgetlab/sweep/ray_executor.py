@@ -100,9 +100,9 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
             frame = conn.recv(9)
     except OSError as exc:
-        why = "no answer" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
-        raise UserError(f"--address {address}: could not join the Ray cluster ({why} within {timeout:g} s); "
-                        f"is `ray start --head` running there, and the port open?") from None
+        why = f"no answer within {timeout:g} s" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc)).lower()
+        raise UserError(f"--address {address}: could not join the Ray cluster ({why}); "
+                        "is `ray start --head` running there, and the port open?") from None
     if len(frame) < 4 or frame[3] != 4:
         raise UserError(f"--address {address}: something answers there but it is not a Ray cluster "
                         "(the head's port is the one `ray start --head --port` printed, 6379 by default)")
