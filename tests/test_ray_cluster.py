@@ -148,10 +148,11 @@ def test_a_task_resumes_from_storage_and_returns_a_stored_finished_run_without_r
     def fake_run(cmd, stdout, **kwargs):                           # the run: what it got, then a crash
         run_dir = Path(cmd[cmd.index("--out") + 1])
         seen["cmd"], seen["files"] = cmd, sorted(p.name for p in (run_dir / "checkpoint").iterdir())
+        seen["gpus"] = kwargs["env"]["CUDA_VISIBLE_DEVICES"]
         return 3
     monkeypatch.setattr(subprocess, "call", fake_run)
-    out = execute_remotely("seed: 0\n", "job", 1, None, storage)
-    assert seen["cmd"][-1] == "--resume"
+    out = execute_remotely("seed: 0\n", "job", 1, 0.0, None, storage)
+    assert seen["cmd"][-1] == "--resume" and seen["gpus"] == ""        # no GPU reserved: none seen
     assert seen["files"] == ["backbone-0.safetensors", "head-0.safetensors", "method-0.safetensors", "state.json"]
     assert out["code"] == 3 and "resuming from the stored checkpoint after task 1" in out["log"]
     assert not stored.completed()
@@ -163,7 +164,7 @@ def test_a_task_resumes_from_storage_and_returns_a_stored_finished_run_without_r
     stored.upload_run(finished)
     assert stored.completed() and not (tmp_path / "storage" / "job" / "checkpoint").exists()
     monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("a stored finished run ran again"))
-    out = execute_remotely("seed: 0\n", "job", 1, None, storage)
+    out = execute_remotely("seed: 0\n", "job", 1, 0.0, None, storage)
     assert out["code"] == 0 and out["log"] == "the run's log\n"
     assert json.loads(out["files"]["results.json"]) == {"status": "completed", "run_id": "r1"}
 

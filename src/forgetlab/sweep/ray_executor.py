@@ -28,10 +28,11 @@ RETRIES = 3                     # Ray retries of a task whose worker or node die
 CONNECT_TIMEOUT_S = 3.0         # how long --address may take to answer
 
 
-def execute_remotely(config_yaml: str, name: str, threads: int, data_dir: str | None,
+def execute_remotely(config_yaml: str, name: str, threads: int, gpus: float, data_dir: str | None,
                      storage: str | None = None) -> dict:
     """The body of a Ray task: run one config in a scratch directory (resuming from storage's checkpoint,
-    mirroring its own there); return the run directory's files and the exit code."""
+    mirroring its own there); return the run directory's files and the exit code. A run that reserved
+    no GPU sees none (Ray leaves CUDA_VISIBLE_DEVICES alone then)."""
     where = _where()
     with tempfile.TemporaryDirectory(prefix="forgetlab-") as tmp:
         config_file, run_dir = Path(tmp) / "config.yaml", Path(tmp) / "run"
@@ -44,6 +45,8 @@ def execute_remotely(config_yaml: str, name: str, threads: int, data_dir: str | 
             return _outcome(run_dir, 0, where, time.perf_counter() - t0)
         state = stored.download_checkpoint(run_dir / "checkpoint") if stored else None
         env = run_env(threads)
+        if not gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
         if data_dir and "FORGETLAB_DATA_DIR" not in env:     # a node's own data directory wins
             env["FORGETLAB_DATA_DIR"] = data_dir
         cmd = run_command(config_file, run_dir, Path(tmp) / "scratch.db", resume=state is not None)
@@ -141,7 +144,7 @@ def run_ray(jobs: list[Job], store: Store, progress: Progress, cpus: int, gpus: 
         pending = {}
         for job in jobs:
             job.write_config()
-            pending[task.remote(job.config_file.read_text(), job.run_dir.name, cpus, data_dir, storage)] = job
+            pending[task.remote(job.config_file.read_text(), job.run_dir.name, cpus, gpus, data_dir, storage)] = job
         resources = ray.cluster_resources()
         slots = int(resources.get("CPU", 1) // cpus)
         if gpus:
