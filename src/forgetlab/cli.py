@@ -127,7 +127,14 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: a local instance)"),
           workers: int = typer.Option(1, "--workers", help="local executor: runs at a time (each in its own process)"),
           threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                                help="CPU threads per run (default: CPUs / workers locally, 1 on Ray)"),
+                                                help="CPU threads per run (default: CPUs / workers locally; on Ray the same as --cpus-per-run)"),
+          cpus_per_run: Optional[int] = typer.Option(None, "--cpus-per-run", min=1,
+                                                     help="ray: CPUs Ray reserves for each run, and its threads (default 1)"),
+          gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", min=0,
+                                                       help="ray: GPUs Ray reserves for each run, may be a fraction (default 0)"),
+          storage: Optional[str] = typer.Option(None, "--storage",
+                                                help="ray: a path every node reaches or an fsspec URI (s3://bucket/dir): "
+                                                     "runs keep their checkpoints there and resume from them"),
           preset: Optional[str] = typer.Option(None, "--preset", help="a study's preset (default: its first, e.g. small)")):
     """Run every point of a grid (skipping those already completed in the sweep's store); a study first
     pretrains the models it needs and ends with its report (OUT/report.html, OUT/study.md)."""
@@ -139,7 +146,8 @@ def sweep(sweep_file: Path = typer.Argument(..., help="sweep YAML: base config, 
         out.print(f"preset {spec.preset}")
     for cfg in spec.pretrain:
         run_pretrain(cfg)
-    counts = run_sweep(spec, executor=executor, workers=workers, threads=threads, address=address)
+    counts = run_sweep(spec, executor=executor, workers=workers, threads=threads, address=address,
+                       cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, storage=storage)
     out.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
               f"store {spec.out / 'forgetlab.db'}")
     if spec.study is not None:
