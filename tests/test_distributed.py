@@ -99,15 +99,17 @@ def test_one_process_is_a_no_op():
 
 
 # -- whole runs ---------------------------------------------------------------------------------
-def test_two_processes_give_the_matrix_of_one_classification(tmp_path):
-    # 7 examples per class: 35 per task, so each epoch ends on a batch of 3 split 2 / 1; two micro-batches a step
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_give_the_matrix_of_one_classification(tmp_path, strategy):
+    # 7 examples per class: 35 per task, so each epoch ends on a batch of 3 split 2 / 1; two micro-batches a
+    # step; class-incremental: each task makes its own head block trainable (FSDP: on the gathered weights)
     cfg = tiny_config(backbone=NO_DROPOUT, data={"max_train_per_class": 7},
-                      train={"distributed": "ddp", "grad_accum": 2, "batch_size": 4, "epochs": 2})
+                      train={"distributed": strategy, "grad_accum": 2, "batch_size": 4, "epochs": 2})
     two = launch(cfg, tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     one = forgetlab.run(cfg, out=tmp_path / "one").raw
     assert_same_run(results(tmp_path / "two"), one)
-    assert results(tmp_path / "two")["config"]["train"]["distributed"] == "ddp"
+    assert results(tmp_path / "two")["config"]["train"]["distributed"] == strategy
     assert two.stdout.count("results:") == 1                 # only the main rank reports
     rows = sqlite3.connect(tmp_path / "store.db").execute("SELECT status FROM runs").fetchall()
     assert rows == [("completed",)]                          # one row, written by the main rank
@@ -124,9 +126,12 @@ def test_two_processes_give_the_matrix_of_one_with_a_method(tmp_path, method):
     assert_same_run(results(tmp_path / "two"), forgetlab.run(cfg, out=tmp_path / "one").raw)
 
 
-def test_two_processes_give_the_matrices_of_one_instruction(tmp_path):
-    """Generation and likelihood scoring split across the ranks and gathered."""
-    cfg = instruction_config(tmp_path, backbone=NO_DROPOUT, train={"distributed": "ddp", "epochs": 3})
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_give_the_matrices_of_one_instruction(tmp_path, strategy):
+    """Generation and likelihood scoring split across the ranks and gathered (FSDP: on the weights
+    gathered whole after the task); with FSDP also gradient checkpointing."""
+    train = {"distributed": strategy, "epochs": 3, "gradient_checkpointing": strategy == "fsdp"}
+    cfg = instruction_config(tmp_path, backbone=NO_DROPOUT, train=train)
     two = launch(cfg, tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     raw = results(tmp_path / "two")
@@ -161,8 +166,10 @@ def _rank_pids(parent: int) -> dict[int, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
-def test_a_rank_killed_mid_task_fails_the_run_and_one_process_resumes_it(tmp_path):
-    cfg = tiny_config(backbone=NO_DROPOUT, train={"distributed": "ddp", "max_steps": 300, "lr_backbone": 1e-4,
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_rank_killed_mid_task_fails_the_run_and_one_process_resumes_it(tmp_path, strategy):
+    """FSDP's checkpoint is the shards gathered into the files one process writes."""
+    cfg = tiny_config(backbone=NO_DROPOUT, train={"distributed": strategy, "max_steps": 300, "lr_backbone": 1e-4,
                                                   "lr_head": 1e-3})
     config, out = tmp_path / "run.yaml", tmp_path / "run"
     config.write_text(yaml.safe_dump(cfg))
@@ -195,8 +202,11 @@ def test_what_cannot_run_distributed_refuses_in_one_line(tmp_path):
     assert str(Path(forgetlab.__file__).parent) not in der.stderr          # no traceback from forgetlab (the launcher prints its own)
     unset = launch(tiny_config(), tmp_path / "unset")
     assert unset.returncode != 0 and "error: train.distributed: 2 processes were launched; set train.distributed" in unset.stderr
-    fsdp = launch(tiny_config(train={"distributed": "fsdp"}), tmp_path / "fsdp")
-    assert fsdp.returncode != 0 and "error: train.distributed: fsdp is not available yet" in fsdp.stderr
+    fsdp = launch(tiny_config(method={"name": "ewc"}, train={"distributed": "fsdp"}), tmp_path / "fsdp")
+    assert fsdp.returncode != 0 and ("error: train.distributed: fsdp shards the weights, which ewc reads or changes "
+                                     "outside the training step; use ddp, or one of joint, replay, seq") in fsdp.stderr
+    zero = launch(tiny_config(train={"distributed": "deepspeed"}), tmp_path / "zero")
+    assert zero.returncode != 0 and "error: train.distributed: deepspeed is not available yet; use ddp or fsdp" in zero.stderr
 
 
 def test_the_strategy_is_not_part_of_a_runs_identity():

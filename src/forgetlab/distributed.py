@@ -1,7 +1,10 @@
 """One run over several processes: ``forgetlab run`` started under ``accelerate launch`` or ``torchrun``.
 
-accelerate sets up the process group (gloo on CPUs, NCCL on GPUs) and wraps the learner for the
-strategy in ``train.distributed`` (DDP here; FSDP and DeepSpeed refuse until their path is tested).
+accelerate sets up the process group (gloo on CPUs, NCCL on GPUs) and, for ``train.distributed: ddp``,
+wraps the learner in DDP. ``fsdp`` is PyTorch's FSDP2 (``fully_shard``: each of the backbone's layers and
+then the rest): weights, gradients and optimizer state are sharded while a task trains; after it, every
+rank gathers the whole weights (``full_weights``) for the evaluation, the method's ``after_task`` and
+the checkpoint, and they are sharded again when the next task trains. DeepSpeed refuses (not built yet).
 What accelerate does not know, this module does, for the engine, the kinds and the methods:
 
 - every rank draws its share ``idx[rank::world]`` of each global batch, and the cross-entropy of a
@@ -29,6 +32,7 @@ from .errors import UserError
 
 T = TypeVar("T")
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
+BUILT = ("ddp", "fsdp")
 
 
 class Ranks:
@@ -44,6 +48,11 @@ class Ranks:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the weights are sharded over the ranks while a task trains (FSDP)."""
+        return self.active and self.strategy == "fsdp"
 
     # -- splitting work ----------------------------------------------------------------------
     def shard(self, items: Sequence[T]) -> Sequence[T]:
@@ -98,20 +107,60 @@ class Ranks:
             dist.barrier()
 
     # -- the training step -------------------------------------------------------------------
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """The module wrapped for the strategy (gradients averaged over the ranks in backward)."""
+    def wrap(self, learner: torch.nn.Module) -> torch.nn.Module:
+        """The learner made ready to train over the ranks, gradients averaged over them in backward:
+        wrapped in DDP, or sharded (FSDP2, in place; the optimizer is built after, over the shards)."""
         if not self.active:
-            return module
-        return self.accelerator.prepare_model(module, device_placement=False)
+            return learner
+        if not self.sharded:
+            return self.accelerator.prepare_model(learner, device_placement=False)
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        from .models.backbones import layer_list
+
+        if not isinstance(learner, FSDPModule):
+            for block in layer_list(learner.backbone.model):
+                fully_shard(block)
+            fully_shard(learner)
+            return learner
+        trains = {n: p.requires_grad for n, p in learner.named_parameters()}   # set on the whole weights since
+        for m in _fsdp_modules(learner):                 # gathered whole after the last task: shard again
+            m.reshard()
+            m.set_reshard_after_forward(True)
+        for n, p in learner.named_parameters():          # (a new task's head block, a frozen backbone)
+            p.requires_grad_(trains[n])
+        return learner
+
+    def full_weights(self, learner: torch.nn.Module) -> None:
+        """After a task trained (FSDP): every rank gathers the whole weights and keeps them until the
+        next task trains, so evaluation, the method's hooks and checkpoints see an ordinary model."""
+        if self.sharded:
+            for m in _fsdp_modules(learner):
+                m.unshard()
+                m.set_reshard_after_forward(False)
+
+    def full_state(self, learner: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The learner's whole state dict on every rank (FSDP: the shards gathered; every rank must call it)."""
+        from torch.distributed.tensor import DTensor
+
+        state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in learner.state_dict().items()}
+        self.full_weights(learner)                       # state_dict() put the shards back: gather again
+        return state
 
     @contextmanager
     def no_sync(self, model: torch.nn.Module, skip: bool) -> Iterator[None]:
-        """No gradient all-reduce in this backward (a micro-batch before the optimizer step)."""
-        if self.active and skip:
+        """No gradient reduction in this backward (a micro-batch before the optimizer step)."""
+        if not (self.active and skip):
+            yield
+        elif self.sharded:
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+        else:
             with model.no_sync():
                 yield
-        else:
-            yield
 
     @contextmanager
     def sharded_step(self, standin: bool = False) -> Iterator[None]:
@@ -161,9 +210,9 @@ def setup(strategy: str | None, device: str) -> Ranks:
     if strategy is None:
         raise UserError(f"train.distributed: {launched_world()} processes were launched; "
                         f"set train.distributed to one of {', '.join(STRATEGIES)}")
-    if strategy != "ddp":
-        raise UserError(f"train.distributed: {strategy} is not available yet; use ddp "
-                        "(see docs/scaling.md for what each strategy needs)")
+    if strategy not in BUILT:
+        raise UserError(f"train.distributed: {strategy} is not available yet; use {' or '.join(BUILT)} "
+                        "(docs/scaling.md)")
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -172,6 +221,12 @@ def setup(strategy: str | None, device: str) -> Ranks:
     _current = Ranks(accelerator, strategy)
     signal.signal(signal.SIGTERM, _raise_on_term)      # a launcher stopping the run: marked failed
     return _current
+
+
+def _fsdp_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
 def _raise_on_term(signum, frame) -> None:

@@ -186,8 +186,10 @@ class Engine:
                           f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  {seen}")
             self._notify("task", task.index + 1, [t.name for t in stream.tasks], rows[primary], stats.loss)
             state["total_s"] = elapsed_before + time.perf_counter() - t_start
+            weights = self.ranks.full_state(learner) if self.ranks.sharded else None    # every rank gathers
             if self.ranks.main:
-                checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained)
+                checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained,
+                                weights=weights)
             self.ranks.barrier()
         timing = {"train_s": state["train_s"], "eval_s": state["eval_s"],
                   "total_s": elapsed_before + time.perf_counter() - t_start}
@@ -263,6 +265,10 @@ def _check_distributed(cfg: Config, method: type[Method]) -> None:
     if method.not_distributed:
         raise UserError(f"method.name: {method.name} does not run over several processes ({method.not_distributed}); "
                         "run it in one process")
+    if cfg.train.distributed == "fsdp" and not method.sharded:
+        usable = sorted(n for n, m in REGISTRY.items() if m.sharded)
+        raise UserError(f"train.distributed: fsdp shards the weights, which {method.name} reads or changes outside "
+                        f"the training step; use ddp, or one of {', '.join(usable)}")
     if cfg.online:
         raise UserError("online: an online stream runs in one process; start it without a launcher")
 

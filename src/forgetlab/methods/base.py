@@ -95,6 +95,9 @@ class Method:
     task_free: ClassVar[bool] = False      # works on an online stream without task boundaries
     # runs over several processes (``distributed.py``): every rank holds the same state; None, or why not
     not_distributed: ClassVar[str | None] = None
+    # trains with FSDP (``train.distributed: fsdp``): it reads and changes the weights only through the
+    # training step's forward and loss (no penalty on them, no edits between tasks, no modules added)
+    sharded: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -14,6 +14,7 @@ class JointConfig(MethodConfig):
 
 class Joint(Method):
     name = "joint"
+    sharded = True
     Config = JointConfig
 
     def __init__(self, cfg, learner, ctx):

@@ -31,6 +31,7 @@ class ReplayMethodConfig(MethodConfig):
 
 class Replay(Method):
     name = "replay"
+    sharded = True
     task_free = True
     Config = ReplayMethodConfig
 

@@ -4,4 +4,5 @@ from .base import Method
 
 class Seq(Method):
     name = "seq"
+    sharded = True
     task_free = True

@@ -95,7 +95,7 @@ class Backbone(nn.Module):
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom-up: the embeddings first, then one group per layer."""
-        layers = _layer_list(self.model)
+        layers = layer_list(self.model)
         in_layers = {id(p) for layer in layers for p in layer.parameters()}
         embed = [p for n, p in self.model.named_parameters()
                  if id(p) not in in_layers and any(k in n for k in ("emb", "wte", "wpe"))]
@@ -245,7 +245,7 @@ def _pad_id(tokenizer) -> int:
     return 0 if pid is None else int(pid)
 
 
-def _layer_list(model: nn.Module) -> list[nn.Module]:
+def layer_list(model: nn.Module) -> list[nn.Module]:
     """The model's stack of layers: the longest ModuleList of identical blocks."""
     best: list[nn.Module] = []
     for module in model.modules():

@@ -40,8 +40,11 @@ def make_optimizer(method: "Method", cfg: TrainConfig) -> torch.optim.Optimizer 
 
 
 def fusable(groups: list[dict]) -> bool:
-    """Whether every parameter is a float tensor on a device with a fused AdamW kernel."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    """Whether every parameter is a float tensor on a device with a fused AdamW kernel (not FSDP's shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and not isinstance(p, DTensor)
+               for g in groups for p in g["params"])
 
 
 class Stepper:
@@ -63,6 +66,7 @@ class Stepper:
         """A new optimizer over what the method trains now (it may have changed), keeping the optimizer
         state of the parameters the old one trained."""
         old = self.optimizer
+        self.model = self.ranks.wrap(self.learner)          # over several processes: over what trains now
         self.optimizer = make_optimizer(self.method, self.cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]] if self.optimizer else []
         if old is not None and self.optimizer is not None:
@@ -71,7 +75,6 @@ class Stepper:
                     self.optimizer.state[p] = old.state[p]
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            self.model = self.ranks.wrap(self.learner)      # over several processes: over what trains now
 
     def batch(self, batch: dict, standin: bool = False) -> tuple[float, bool]:
         """Train on one batch (over several processes: this rank's share of it; ``standin``: an empty
@@ -108,6 +111,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
     if stepper.optimizer is None or total == 0:
+        ranks.full_weights(learner)
         return TrainStats(0, 0, float("nan"), 0.0)
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(t) for t in inputs.tokens] if cfg.group_by_length and inputs.tokens is not None else None
@@ -136,6 +140,7 @@ def train_task(learner: Learner, method: "Method", inputs: Inputs, cfg: TrainCon
                 bar.update(job, advance=1, loss=recent[-1], rate=seen / (time.perf_counter() - start))
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(learner, False)
+    ranks.full_weights(learner)
     learner.eval()
     return TrainStats(step, seen, sum(recent) / max(len(recent), 1), time.perf_counter() - start,
                       sum(p.numel() for p in stepper.params))
