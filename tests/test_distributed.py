@@ -70,7 +70,13 @@ def _collectives(rank: int, port: int, queue) -> None:
     with ranks.sharded_step(standin=rank == 1):    # rank 1 had no rows: it counts for nothing
         standin = ranks.global_mean(torch.tensor(1.0), 3 if rank == 0 else 1).item()
     outside = ranks.global_mean(torch.tensor(1.0), 3 if rank == 0 else 1).item()
-    queue.put((rank, mapped, summed, scaled, standin, outside, list(ranks.shard("abcde"))))
+    ranks.check_same("memory", {"ids": torch.tensor([1, 2])})                      # equal: no error
+    try:
+        ranks.check_same("memory", {"ids": torch.tensor([1, 2 + rank])})
+        drift = None
+    except RuntimeError as exc:
+        drift = str(exc)
+    queue.put((rank, mapped, summed, scaled, standin, outside, list(ranks.shard("abcde")), drift))
     dist.destroy_process_group()
 
 
@@ -80,7 +86,8 @@ def test_the_collectives_split_gather_and_weight_by_hand():
     mp.start_processes(_collectives, args=(port, queue), nprocs=2, start_method="spawn")
     got = dict((r[0], r[1:]) for r in (queue.get(), queue.get()))
     for rank in (0, 1):
-        mapped, summed, scaled, standin, outside, share = got[rank]
+        mapped, summed, scaled, standin, outside, share, drift = got[rank]
+        assert drift == "memory differs between rank 0 and rank 1 (ids)"         # every rank stops
         assert mapped == [0, 10, 20, 30, 40]                           # every rank gets all, in order
         assert summed == [3.0, 4.0]                                    # (1 + 2), (2 + 2)
         assert scaled == pytest.approx([1.5, 0.5][rank])               # 3 * 2 / 4 and 1 * 2 / 4: mean 1.0

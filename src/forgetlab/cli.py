@@ -307,8 +307,7 @@ def plan(config: Path = typer.Argument(..., help="experiment YAML"),
         raise UserError("--parameters: with method lora give the adapters' size too: --trainable N "
                         "(r × (inputs + outputs) for each adapted linear layer)")
     precision = cfg.train.precision if cfg.backbone.dtype != "bfloat16" else "bf16-pure"
-    chosen = {"ddp": "ddp", "fsdp": "fsdp", "deepspeed": f"zero{getattr(cfg.train, 'zero_stage', 2)}"}.get(
-        getattr(cfg.train, "distributed", None), "single")
+    chosen = {"ddp": "ddp", "fsdp": "fsdp", "deepspeed": f"zero{cfg.train.zero_stage}"}.get(cfg.train.distributed, "single")
     table = Table("strategy", "weights", "gradients", "optimizer", "master", "buffers", "total GiB",
                   title=escape(f"{config}: {parameters:,.0f} parameters, {parameters if trainable is None else trainable:,.0f} trained, "
                                f"{precision}, {gpus} GPU(s); activations not included"))

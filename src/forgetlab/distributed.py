@@ -94,6 +94,18 @@ class Ranks:
                 dist.all_reduce(t)
         return tensors
 
+    def check_same(self, what: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise if ``tensors`` (a method's state) differ between the ranks, compared by a checksum of
+        each: a method whose state drifted apart per rank would give numbers no single process gives."""
+        if not self.active:
+            return
+        sums = {k: (float(t.double().sum()), float(t.double().abs().sum()), tuple(t.shape)) for k, t in sorted(tensors.items())}
+        parts = self.gather(sums)
+        for rank, other in enumerate(parts[1:], start=1):
+            if other != parts[0]:
+                key = next((k for k in parts[0].keys() | other.keys() if parts[0].get(k) != other.get(k)), "?")
+                raise RuntimeError(f"{what} differs between rank 0 and rank {rank} ({key})")
+
     def broadcast(self, obj: T) -> T:
         """The main rank's ``obj`` on every rank."""
         if not self.active:
@@ -217,7 +229,12 @@ def setup(strategy: str | None, device: str) -> Ranks:
     from accelerate.utils import DistributedDataParallelKwargs
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    accelerator = Accelerator(cpu=device == "cpu", kwargs_handlers=[ddp])
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no", kwargs_handlers=[ddp])   # train.precision decides
+    launched = accelerator.distributed_type.value
+    if launched in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"train.distributed: {strategy} decides how the run is spread, but the accelerate config "
+                        f"asks for {launched}; launch with a multi-GPU accelerate config "
+                        "(examples/scaling/accelerate-multi-gpu.yaml) or torchrun")
     _current = Ranks(accelerator, strategy)
     signal.signal(signal.SIGTERM, _raise_on_term)      # a launcher stopping the run: marked failed
     return _current

@@ -186,6 +186,7 @@ class Engine:
                           f"train {stats.seconds:6.1f}s  eval {eval_s:5.1f}s  {seen}")
             self._notify("task", task.index + 1, [t.name for t in stream.tasks], rows[primary], stats.loss)
             state["total_s"] = elapsed_before + time.perf_counter() - t_start
+            self.ranks.check_same(f"{method.name}'s state after {task.name}", method.state())
             weights = self.ranks.full_state(learner) if self.ranks.sharded else None    # every rank gathers
             if self.ranks.main:
                 checkpoint.save(ckpt_dir, task.index, learner, method, state, backbone_changed=backbone_trained,
