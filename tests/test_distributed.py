@@ -118,6 +118,8 @@ def test_two_processes_give_the_matrix_of_one_classification(tmp_path, strategy)
     assert_same_run(results(tmp_path / "two"), one)
     assert results(tmp_path / "two")["config"]["train"]["distributed"] == strategy
     assert two.stdout.count("results:") == 1                 # only the main rank reports
+    res = results(tmp_path / "two")["resources"]
+    assert len(res["peak_rss_mib_per_rank"]) == 2 and res["peak_rss_mib"] == max(res["peak_rss_mib_per_rank"])
     rows = sqlite3.connect(tmp_path / "store.db").execute("SELECT status FROM runs").fetchall()
     assert rows == [("completed",)]                          # one row, written by the main rank
 

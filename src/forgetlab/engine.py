@@ -275,9 +275,20 @@ def _check_distributed(cfg: Config, method: type[Method]) -> None:
 
 
 def resources(device: torch.device) -> dict:
-    """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory."""
+    """Peak memory: the process's resident set (its whole life) and, on CUDA, allocated device memory
+    with the device's name and size; over several processes, the largest over the ranks and each rank's."""
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"peak_rss_mib": peak_rss_mib(), "peak_cuda_mib": cuda}
+    out = {"peak_rss_mib": peak_rss_mib(), "peak_cuda_mib": cuda}
+    if device.type == "cuda":
+        out |= {"cuda_device": torch.cuda.get_device_name(device),
+                "cuda_total_mib": torch.cuda.get_device_properties(device).total_memory / 2**20}
+    ranks = distributed.current()
+    if ranks.active:
+        per_rank = ranks.gather((out["peak_rss_mib"], cuda))
+        out |= {"peak_rss_mib": max(r for r, _ in per_rank), "peak_rss_mib_per_rank": [r for r, _ in per_rank]}
+        if cuda is not None:
+            out |= {"peak_cuda_mib": max(c for _, c in per_rank), "peak_cuda_mib_per_rank": [c for _, c in per_rank]}
+    return out
 
 
 def _mib(tensors: dict[str, torch.Tensor]) -> float:
