@@ -225,8 +225,12 @@ def setup(strategy: str | None, device: str) -> Ranks:
     if strategy not in BUILT:
         raise UserError(f"train.distributed: {strategy} is not available yet; use {' or '.join(BUILT)} "
                         "(docs/scaling.md)")
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+    except ImportError:
+        raise UserError("train.distributed: a run over several processes needs accelerate: "
+                        "pip install 'forgetlab[distributed]'") from None
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no", kwargs_handlers=[ddp])   # train.precision decides
