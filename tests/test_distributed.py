@@ -34,7 +34,21 @@ def launch(cfg: dict, out: Path, nproc: int = 2, *extra: str) -> subprocess.Comp
     config.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "forgetlab.cli", "run", str(config), "--out", str(out), "--store", str(out.parent / "store.db"), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=180)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        _kill_group(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the launcher and its ranks (a hung test leaves no rank behind)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def results(out: Path) -> dict:
@@ -184,13 +198,17 @@ def test_a_rank_killed_mid_task_fails_the_run_and_one_process_resumes_it(tmp_pat
     config.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "forgetlab.cli", "run", str(config), "--out", str(out), "--store", str(tmp_path / "store.db")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.time() + 120
-    while not (out / "checkpoint" / "state.json").is_file() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)                                        # into the second task
-    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
-    assert proc.wait(timeout=120) != 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint" / "state.json").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)                                    # into the second task
+        os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        _kill_group(proc)
     failed = results(out)
     assert failed["status"] == "failed" and "RuntimeError" in failed["error"]
     assert sqlite3.connect(tmp_path / "store.db").execute("SELECT status FROM runs").fetchall() == [("failed",)]
