@@ -152,13 +152,18 @@ def test_two_processes_give_the_matrix_of_one_with_a_method(tmp_path, method):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_give_the_matrices_of_one_instruction(tmp_path, strategy):
     """Generation and likelihood scoring split across the ranks and gathered (FSDP: on the weights
-    gathered whole after the task); with FSDP also gradient checkpointing."""
+    gathered whole after the task), general ability's probes too; with FSDP also gradient checkpointing."""
     train = {"distributed": strategy, "epochs": 3, "gradient_checkpointing": strategy == "fsdp"}
-    cfg = instruction_config(tmp_path, backbone=NO_DROPOUT, train=train)
+    retention = {"corpus": "wikitext2", "max_tokens": 128, "qa": "mmlu", "max_items": 5, "gsm8k_items": 3,
+                 "max_new_tokens": 4, "max_length": 64}
+    cfg = instruction_config(tmp_path, backbone=NO_DROPOUT, train=train, eval={"retention": retention})
     two = launch(cfg, tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     raw = results(tmp_path / "two")
-    assert_same_run(raw, forgetlab.run(cfg, out=tmp_path / "one").raw)
+    one = forgetlab.run(cfg, out=tmp_path / "one").raw
+    assert_same_run(raw, one)
+    for name, probe in one["retention"]["probes"].items():
+        np.testing.assert_allclose(raw["retention"]["probes"][name]["values"], probe["values"], rtol=1e-5, err_msg=name)
     assert raw["predictions"][-1]["kinds"][0]["prediction"] == results(tmp_path / "one")["predictions"][-1]["kinds"][0]["prediction"]
 
 

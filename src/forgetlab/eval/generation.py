@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..models.peft import max_positions, virtual_tokens
 from ..train.batching import left_pad
 
@@ -40,7 +41,17 @@ def greedy_decode(backbone, prompts: list[list[int]], max_new_tokens: int, *, de
     set replaces it, so it names every id that ends a sequence, and ``()`` none), once its decoded
     text contains one of ``stop_strings`` (its ids kept up to the token that completed it; the caller
     cuts the text), or after ``max_new_tokens``. The backbone must already be on ``device``; it is
-    run in eval mode and put back in the mode it was in."""
+    run in eval mode and put back in the mode it was in. Over several processes (greedy) each rank
+    decodes its share of the prompts and every rank gets them all (``distributed.Ranks.map``)."""
+    ranks = distributed.current()
+    if ranks.active and sampling is None:
+        return ranks.map(lambda part: _decode(backbone, part, max_new_tokens, device, batch_size, stop_strings,
+                                              eos_ids, None), prompts)
+    return _decode(backbone, prompts, max_new_tokens, device, batch_size, stop_strings, eos_ids, sampling)
+
+
+def _decode(backbone, prompts: list[list[int]], max_new_tokens: int, device: torch.device, batch_size: int,
+            stop_strings: Sequence[str], eos_ids: Collection[int] | None, sampling: Sampling | None) -> list[list[int]]:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
     if any(len(p) == 0 for p in prompts):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..models.backbones import Backbone
 from ..models.peft import max_positions
 from ..train.batching import left_pad
@@ -18,10 +19,20 @@ from .generation import cache_keyword, cached_forward
 MAX_ROWS = 256         # continuations scored at once (each holds a copy of its prompt's cache)
 
 
-@torch.inference_mode()
 def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[list[list[int]]],
                           device: torch.device) -> list[list[float]]:
-    """For each prompt, the summed log-probability of each of its continuations (non-empty id lists)."""
+    """For each prompt, the summed log-probability of each of its continuations (non-empty id lists);
+    over several processes each rank scores its share and every rank gets them all."""
+    ranks = distributed.current()
+    if not ranks.active:
+        return _logprobs(backbone, prompts, continuations, device)
+    return ranks.map(lambda part: _logprobs(backbone, [p for p, _ in part], [c for _, c in part], device),
+                     list(zip(prompts, continuations)))
+
+
+@torch.inference_mode()
+def _logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[list[list[int]]],
+              device: torch.device) -> list[list[float]]:
     from transformers import DynamicCache
 
     was_training = backbone.training

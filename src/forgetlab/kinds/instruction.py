@@ -23,7 +23,6 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field
 
-from .. import distributed
 from ..config import DataConfig, HeadConfig
 from ..models.formatting import Formatter, prompt_budget
 from ..data.instructions import InstructionTask, build_instruction_stream
@@ -166,16 +165,12 @@ class InstructionTuning(Kind):
 
     def answer(self, task: InstructionTask, prompts: list[list[int]]) -> list[str]:
         """Greedy answers to the task's test prompts (``prompts``' ids), each ending at an end of turn, a
-        stop string or ``max_new_tokens``; over several processes each rank answers its share."""
+        stop string or ``max_new_tokens``."""
         backbone = self.learner.backbone
         stop = self.cfg.data.stop
-
-        def answers(part: list[list[int]]) -> list[str]:
-            outs = greedy_decode(backbone, part, task.max_new_tokens, device=self.device,
-                                 batch_size=self.cfg.train.eval_batch_size, eos_ids=self.formatter.eos_ids, stop_strings=stop)
-            return [decode_text(backbone, ids, stop) for ids in outs]
-
-        return distributed.current().map(answers, prompts)
+        outs = greedy_decode(backbone, prompts, task.max_new_tokens, device=self.device,
+                             batch_size=self.cfg.train.eval_batch_size, eos_ids=self.formatter.eos_ids, stop_strings=stop)
+        return [decode_text(backbone, ids, stop) for ids in outs]
 
     @staticmethod
     def score(task: InstructionTask, example, text: str) -> float:
@@ -183,26 +178,19 @@ class InstructionTuning(Kind):
 
     def likelihood_score(self, task: InstructionTask, prompts: list[list[int]]) -> float:
         """Accuracy of the most likely option (closed answer sets) or the reference's mean per-token
-        probability (free answers), averaged over the task's test examples (over several processes,
-        each rank scores its share)."""
-        fmt = self.formatter
-
-        def values(part: list[tuple]) -> list[float]:
-            examples = [ex for ex, _ in part]
-            continuations = [[fmt.continuation(o) for o in ex.options] if ex.options else [fmt.continuation(ex.response)]
-                             for ex in examples]
-            logprobs = continuation_logprobs(self.learner.backbone, [p for _, p in part], continuations, self.device)
-            out = []
-            for ex, lp, conts in zip(examples, logprobs, continuations):
-                if ex.options:
-                    best = max(range(len(lp)), key=lp.__getitem__)
-                    out.append(float(ex.options[best].strip() == ex.response.strip()))
-                else:
-                    out.append(math.exp(lp[0] / len(conts[0])))
-            return out
-
-        scores = distributed.current().map(values, list(zip(task.test_examples, prompts)))
-        return sum(scores) / len(scores)
+        probability (free answers), averaged over the task's test examples."""
+        fmt, examples = self.formatter, task.test_examples
+        continuations = [[fmt.continuation(o) for o in ex.options] if ex.options else [fmt.continuation(ex.response)]
+                         for ex in examples]
+        logprobs = continuation_logprobs(self.learner.backbone, prompts, continuations, self.device)
+        values = []
+        for ex, lp, conts in zip(examples, logprobs, continuations):
+            if ex.options:
+                best = max(range(len(lp)), key=lp.__getitem__)
+                values.append(float(ex.options[best].strip() == ex.response.strip()))
+            else:
+                values.append(math.exp(lp[0] / len(conts[0])))
+        return sum(values) / len(values)
 
     def results(self, matrices: dict[str, dict]) -> dict:
         tasks = self.stream.tasks
