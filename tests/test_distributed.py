@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 import yaml
 
 import forgetlab
+from forgetlab import distributed
 from forgetlab.distributed import Ranks
 
 from conftest import tiny_config
@@ -74,7 +75,7 @@ def _collectives(rank: int, port: int, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
 
     class Two:                                      # what Ranks reads of an accelerator
-        num_processes, process_index = 2, rank
+        num_processes, process_index, device = 2, rank, torch.device("cpu")
     ranks = Ranks(Two(), "ddp")
     mapped = ranks.map(lambda part: [10 * x for x in part], list(range(5)))       # rank 0: 0, 2, 4; rank 1: 1, 3
     summed = ranks.sum([rank + 1.0, 2.0])
@@ -232,13 +233,27 @@ def test_what_cannot_run_distributed_refuses_in_one_line(tmp_path):
     assert ("error: method.name: der++ does not run over several processes (fills its memory from each "
             "step's batch, which differs per rank); run it in one process") in der.stderr
     assert str(Path(forgetlab.__file__).parent) not in der.stderr          # no traceback from forgetlab (the launcher prints its own)
-    unset = launch(tiny_config(), tmp_path / "unset")
-    assert unset.returncode != 0 and "error: train.distributed: 2 processes were launched; set train.distributed" in unset.stderr
-    fsdp = launch(tiny_config(method={"name": "ewc"}, train={"distributed": "fsdp"}), tmp_path / "fsdp")
-    assert fsdp.returncode != 0 and ("error: train.distributed: fsdp shards the weights, which ewc reads or changes "
-                                     "outside the training step; use ddp, or one of joint, replay, seq") in fsdp.stderr
-    zero = launch(tiny_config(train={"distributed": "deepspeed"}), tmp_path / "zero")
-    assert zero.returncode != 0 and "error: train.distributed: deepspeed is not available yet; use ddp or fsdp" in zero.stderr
+
+
+def test_the_refusals_before_a_process_group_is_made(monkeypatch):
+    from forgetlab.engine import _check_distributed
+    from forgetlab.errors import UserError
+    from forgetlab.experiment import load_config
+    from forgetlab.methods import method_class
+
+    monkeypatch.setenv("WORLD_SIZE", "2")                                   # as a launcher sets it
+    with pytest.raises(UserError, match=r"^train.distributed: 2 processes were launched; set train.distributed"):
+        distributed.setup(None, "cpu")
+    with pytest.raises(UserError, match=r"^train.distributed: deepspeed is not available yet; use ddp or fsdp"):
+        distributed.setup("deepspeed", "cpu")
+    cfg = load_config(tiny_config(method={"name": "ewc"}, train={"distributed": "fsdp"}))
+    with pytest.raises(UserError, match=r"^train.distributed: fsdp shards the weights, which ewc reads or changes "
+                                        r"outside the training step; use ddp, or one of joint, replay, seq$"):
+        _check_distributed(cfg, method_class("ewc"))
+    with pytest.raises(UserError, match=r"^online: an online stream runs in one process"):
+        _check_distributed(load_config(tiny_config(online={"blurry": 0.1})), method_class("seq"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.setup("fsdp", "cpu").active                     # one process: whatever the config says
 
 
 def test_the_strategy_is_not_part_of_a_runs_identity():

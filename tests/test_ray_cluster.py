@@ -323,6 +323,8 @@ def test_a_sweep_survives_the_loss_of_its_worker_node_and_resumes_the_run_it_hel
         assert results["matrices"] == straight[s]
 
 
+@pytest.mark.slow   # a minute: its three paths are each covered fast (a task resuming from storage, one
+                    # returning a stored finished run, the store's skipping of completed runs in test_sweep)
 def test_a_killed_driver_then_the_same_command_runs_every_run_exactly_once(tmp_path, cluster, straight):
     cluster.add_node(num_cpus=1)                  # three slots: every run starts at once
     cluster.wait_for_nodes()

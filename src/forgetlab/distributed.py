@@ -43,6 +43,7 @@ class Ranks:
         self.world = accelerator.num_processes if accelerator else 1
         self.rank = accelerator.process_index if accelerator else 0
         self.main = self.rank == 0
+        self.device = accelerator.device if accelerator else torch.device("cpu")   # where collectives' tensors live (NCCL: the GPU)
         self._step = self._standin = False
 
     @property
@@ -83,7 +84,7 @@ class Ranks:
         """Element-wise sums of ``values`` over the ranks (float64)."""
         if not self.active:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -193,7 +194,7 @@ class Ranks:
         if not (self.active and self._step):
             return local_mean
         count = 0 if self._standin else count
-        total = torch.tensor([float(count)], dtype=torch.float64)
+        total = torch.tensor([float(count)], dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return local_mean * (count * self.world / max(total.item(), 1.0))
 

@@ -11,6 +11,8 @@ the same process and run, so a busy shared machine slows both alike.
 - ``decode``: batched greedy decoding over one prompt at a time (speedup reported; outputs identical)
 - ``sft``: instruction tuning against TRL's ``SFTTrainer`` (completion-only loss) on the same ids, batches and
   weights: seconds per step, TRL / forgetlab (≥ 1.0), and the first step's losses equal to 1e-4
+- ``distributed``: one run in one process over the same run in two DDP processes (torchrun, gloo on CPU):
+  the training speedup, and the matrices equal to 1e-5
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 from ..runtime import environment
 
-BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents", "decode", "sft")
+BENCHMARKS = ("loop", "frozen", "mfu", "methods", "memory", "optimisations", "incumbents", "decode", "sft", "distributed")
 
 
 def benchmark(name: str) -> Callable[..., dict]:
