@@ -264,3 +264,22 @@ def test_the_strategy_is_not_part_of_a_runs_identity():
     plain = load_config(tiny_config())
     assert load_config(tiny_config(train={"distributed": "ddp", "zero_stage": 3})).hash() == plain.hash()
     assert load_config(tiny_config(backbone=NO_DROPOUT)).hash() != plain.hash()
+
+
+def test_fsdp_refuses_a_memory_batch_smaller_than_the_world(monkeypatch):
+    """Under FSDP a forward is a collective: a rank left without memory examples would leave the others waiting."""
+    from forgetlab.engine import Engine
+    from forgetlab.errors import UserError
+    from forgetlab.experiment import load_config
+
+    engine = Engine(load_config(tiny_config(method={"name": "replay", "replay": {"size": 4, "batch_size": 1}})))
+    engine.method.after_task(engine.stream.tasks[0])                         # the memory holds 4 examples
+
+    class Two:
+        num_processes, process_index, device = 2, 0, torch.device("cpu")
+    monkeypatch.setattr(distributed, "_current", Ranks(Two(), "fsdp"))
+    with pytest.raises(UserError, match=r"^replay.batch_size: with train.distributed: fsdp a memory batch needs an "
+                                        r"example for each of the 2 ranks; this one has 1$"):
+        engine.method.memory_batch()
+    monkeypatch.setattr(distributed, "_current", Ranks(Two(), "ddp"))       # DDP: rank 0 takes the one example
+    assert len(engine.method.memory_batch()["labels"]) == 1

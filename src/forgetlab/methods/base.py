@@ -242,7 +242,12 @@ class Method:
         """A batch of examples drawn uniformly from the memory, or None if it is empty."""
         if self.memory is None or len(self.memory) == 0:
             return None
-        idx = distributed.current().shard(self.memory.sample(self.cfg.replay.batch_size or self.ctx.train.batch_size))
+        ranks = distributed.current()
+        drawn = self.memory.sample(self.cfg.replay.batch_size or self.ctx.train.batch_size)
+        if ranks.sharded and len(drawn) < ranks.world:     # FSDP: a forward is a collective every rank joins
+            raise UserError(f"replay.batch_size: with train.distributed: fsdp a memory batch needs an example for "
+                            f"each of the {ranks.world} ranks; this one has {len(drawn)}")
+        idx = ranks.shard(drawn)
         if len(idx) == 0:                   # this rank's share of a memory batch smaller than the world
             return None
         batch = self.ctx.batch(self.ctx.examples(self.memory.task_ids[idx], self.memory.example_ids[idx]))
