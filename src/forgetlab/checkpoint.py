@@ -60,8 +60,8 @@ def _tied_copies(module: torch.nn.Module) -> set[str]:
 
 
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each tensor on the CPU with its own storage (safetensors writes no shared storage)."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    """Each tensor on the CPU, contiguous, as safetensors writes it."""
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def read_state(folder: Path) -> dict | None:

@@ -1,7 +1,7 @@
 """One run over several processes: ``forgetlab run`` started under ``accelerate launch`` or ``torchrun``.
 
-accelerate sets up the process group (gloo on CPUs, NCCL on GPUs) and, for ``train.distributed: ddp``,
-wraps the learner in DDP. ``fsdp`` is PyTorch's FSDP2 (``fully_shard``: each of the backbone's layers and
+accelerate sets up the process group (gloo on CPUs, NCCL on GPUs) and the rank's device; for
+``train.distributed: ddp`` the learner is wrapped in torch's DDP. ``fsdp`` is PyTorch's FSDP2 (``fully_shard``: each of the backbone's layers and
 then the rest): weights, gradients and optimizer state are sharded while a task trains; after it, every
 rank gathers the whole weights (``full_weights``) for the evaluation, the method's ``after_task`` and
 the checkpoint, and they are sharded again when the next task trains. DeepSpeed refuses (not built yet).
@@ -126,7 +126,12 @@ class Ranks:
         if not self.active:
             return learner
         if not self.sharded:
-            return self.accelerator.prepare_model(learner, device_placement=False)
+            # DDP built here, not by accelerator.prepare_model: accelerate keeps every model it prepares,
+            # and a wrapper per task would keep a gradient-sized set of buckets per task alive
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(learner, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         from .models.backbones import layer_list
@@ -228,13 +233,11 @@ def setup(strategy: str | None, device: str) -> Ranks:
                         "(docs/scaling.md)")
     try:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
     except ImportError:
         raise UserError("train.distributed: a run over several processes needs accelerate: "
                         "pip install 'forgetlab[distributed]'") from None
 
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no", kwargs_handlers=[ddp])   # train.precision decides
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")      # train.precision decides
     launched = accelerator.distributed_type.value
     if launched in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise UserError(f"train.distributed: {strategy} decides how the run is spread, but the accelerate config "
