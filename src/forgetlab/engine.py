@@ -26,7 +26,7 @@ from .kinds import kind_class
 from .loggers import open_loggers
 from .methods import REGISTRY, Method, method_class
 from .methods.base import ANY_KIND, Context
-from .models.backbones import build_backbone
+from .models.backbones import Backbone, build_backbone
 from .report import write_report
 from .runtime import environment, peak_rss_mib, pick_device, seed_everything, write_json
 from .store import Store
@@ -45,14 +45,20 @@ def supports(method: type[Method], kind: str) -> bool:
 
 
 class Engine:
-    """Holds what a run builds once (kind with its stream, learner, method) and runs it task by task."""
+    """Holds what a run builds once (kind with its stream, learner, method) and runs it task by task.
 
-    def __init__(self, cfg: Config):
+    ``backbone``: a model built elsewhere (``integrations/``: a Trainer's own), used as it is instead of
+    ``cfg.backbone``'s; its process evaluates alone, whatever launched it (the trainer spreads its training)."""
+
+    def __init__(self, cfg: Config, backbone: Backbone | None = None):
         self.cfg = cfg
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = pick_device(cfg.train.device)
-        self.ranks = distributed.setup(cfg.train.distributed, self.device.type)
+        if backbone is None:
+            self.device = pick_device(cfg.train.device)
+            self.ranks = distributed.setup(cfg.train.distributed, self.device.type)
+        else:
+            self.device, self.ranks = next(backbone.parameters()).device, distributed.Ranks()
         if self.ranks.active:
             self.device = self.ranks.accelerator.device      # this rank's GPU (cuda:LOCAL_RANK) or the CPU
             console.quiet = not self.ranks.main
@@ -69,7 +75,7 @@ class Engine:
         self.kind = kind_cls(cfg, self.device)
         self.stream = self.kind.stream
         method_cfg = method_cls.Config.model_validate(cfg.method)
-        backbone = build_backbone(cfg.backbone)
+        backbone = backbone or build_backbone(cfg.backbone)
         if cfg.eval.retention and not backbone.causal:
             raise UserError(f"eval.retention: measures a causal LM's general ability; {backbone.source} is an encoder")
         self.learner = self.kind.build_learner(backbone, method_cls.head_config(method_cfg, cfg.head))
@@ -236,15 +242,18 @@ class Engine:
         }
 
     def _matrices(self, all_rows: list[dict], baseline: dict) -> dict:
-        """Each matrix the kind measured, with its baseline, direction and metrics."""
+        """Each matrix the kind measured, with its baseline, direction and metrics; with fewer rows than
+        tasks (a run followed part way, ``integrations/``), the metrics of the tasks trained so far."""
         primary = next(iter(self.kind.matrices))
         matrices = {}
         for name, (key, direction) in self.kind.matrices.items():
             rows = [r.get(name) for r in all_rows]
             if any(row is None for row in rows):
                 continue
-            matrices[name] = {"values": rows, "baseline": baseline.get(name), "direction": direction,
-                              "metrics": matrix_metrics(rows, baseline.get(name), key, direction, primary=name == primary)}
+            k, before = len(rows), baseline.get(name)
+            matrices[name] = {"values": rows, "baseline": before, "direction": direction,
+                              "metrics": matrix_metrics([row[:k] for row in rows], before and before[:k], key, direction,
+                                                        primary=name == primary)}
         return matrices
 
     def _variants(self, state: dict) -> dict | None:

@@ -226,6 +226,17 @@ def _pretrained(cfg: BackboneConfig) -> Backbone:
                     pretraining=pretraining, offline_copy=offline.record(path))
 
 
+def wrap_causal_lm(lm: nn.Module, tokenizer, cfg: BackboneConfig, source: str) -> Backbone:
+    """A Backbone over a causal LM built elsewhere (a Trainer's model, PEFT-wrapped or not): its body and
+    output layer themselves, not copies, so it sees every update the trainer makes."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    if not is_causal_config(inner.config) and not hasattr(inner, "lm_head"):
+        raise UserError(f"model: {type(inner).__name__} is not a causal LM (no output layer); "
+                        "forgetlab follows causal LMs inside a Trainer")
+    return Backbone(inner.base_model, tokenizer, cfg.pooling or "last", cfg.max_length, inner.config.hidden_size, source,
+                    lm_head=inner.get_output_embeddings())
+
+
 def tied_lm_head(model: nn.Module) -> nn.Linear:
     """An output layer whose weight is the model's input embedding (as GPT-2 ties them). Made on the
     meta device, so it draws nothing from the random generator before it takes the embedding."""

@@ -128,7 +128,8 @@ def _retention(results: dict) -> dict | None:
     probes = record.get("probes") or {}
     table = None
     if probes:
-        steps = ["before the stream"] + [f"after {t}" for t in results["tasks"]]
+        measured = len(next(iter(probes.values()))["values"])       # fewer than the tasks + 1: a run followed part way
+        steps = (["before the stream"] + [f"after {t}" for t in results["tasks"]])[:measured]
         table = {"probes": [(name, p["about"], p["direction"]) for name, p in probes.items()],
                  "rows": [(label, [f"{_fmt(p['values'][i])} ({p['change'][i]:+.4f})" if i else _fmt(p["values"][0])
                                    for p in probes.values()]) for i, label in enumerate(steps)],
