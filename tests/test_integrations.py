@@ -128,3 +128,34 @@ def test_the_callback_refuses_what_it_cannot_follow(setting):
         callback.matching_arguments()
     with pytest.raises(UserError, match="not a multiple of train.batch_size 3"):
         ForgettingCallback({**cfg, "train": {**cfg["train"], "batch_size": 3}}, model, tokenizer).train_dataset(0)
+
+
+def test_the_callback_leaves_the_training_as_it_was(setting):
+    """With dropout on (the training draws random numbers), weights after training with the callback
+    measuring at every step equal those after training without it, bit for bit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tmp, cfg = setting
+    cfg = {**cfg, "data": {**cfg["data"], "sequence": cfg["data"]["sequence"][:1]}}
+    tokenizer = AutoTokenizer.from_pretrained(cfg["backbone"]["name"])
+    finals = []
+    for follow in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(cfg["backbone"]["name"], dtype=torch.float32)
+        for module in model.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.3
+        callback = ForgettingCallback(cfg, model, tokenizer, out=tmp / "dropout", every_steps=1)
+        args = SFTConfig(output_dir=str(tmp / "trl"), **callback.matching_arguments(), completion_only_loss=True,
+                         max_length=None, activation_checkpointing=False, use_cpu=True, report_to="none",
+                         save_strategy="no", logging_strategy="no", disable_tqdm=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=callback.train_dataset(0), processing_class=tokenizer,
+                             callbacks=[callback] if follow else None)
+        trainer.train()
+        finals.append({k: v.clone() for k, v in model.state_dict().items()})
+        if follow:
+            assert len(json.loads((tmp / "dropout" / "results.json").read_text())["training_curve"]) == 6
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    assert not torch.equal(finals[1]["model.layers.0.self_attn.q_proj.weight"],
+                           AutoModelForCausalLM.from_pretrained(cfg["backbone"]["name"]).state_dict()["model.layers.0.self_attn.q_proj.weight"])

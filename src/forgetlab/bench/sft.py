@@ -43,6 +43,7 @@ from ..engine import Engine
 from ..errors import UserError
 from ..experiment import load_config
 from ..models.backbones import resolve_model_path
+from ..integrations.trainer import sft_dataset
 from ..models.causal_lm import IGNORE_INDEX
 from ..train.batching import epoch_batches
 from ..train.loop import fusable, train_task
@@ -106,16 +107,6 @@ def forgetlab_batches(lengths: list[int], steps: int, batch_size: int, group_by_
                         f"{steps} x {batch_size} (FORGETLAB_DATA_DIR)")
     generator = torch.Generator().manual_seed(SEED)
     return [b.tolist() for b in epoch_batches(len(lengths), batch_size, generator, lengths if group_by_length else None)]
-
-
-def sft_dataset(tokens: list[list[int]], targets: list[list[int]], batches: list[list[int]]):
-    """TRL's pre-tokenized prompt-completion form, rows in batch order: ``input_ids`` and
-    ``completion_mask`` (1 where forgetlab takes a loss)."""
-    from datasets import Dataset
-
-    rows = [i for batch in batches for i in batch]
-    return Dataset.from_dict({"input_ids": [tokens[i] for i in rows],
-                              "completion_mask": [[int(t != IGNORE_INDEX) for t in targets[i]] for i in rows]})
 
 
 # -- the benchmark -------------------------------------------------------------------------------
