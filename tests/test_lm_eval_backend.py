@@ -45,15 +45,22 @@ def test_loglikelihood_is_forgetlabs_continuation_logprobs(backbone):
     lm = BackboneLM(backbone, CPU, window=64, batch_size=4)
     args = [("Question: 2+2?\nAnswer:", " 4"), ("Question: 2+2?\nAnswer:", " five"), ("The cat", " sat on the mat")]
     got = lm.loglikelihood(requests("loglikelihood", args))
-    tok = backbone.tokenize
+    prefix = len(backbone.tokenize([""])[0])                  # the BOS the byte tokenizer puts first
+
+    def tok(texts):
+        return backbone.tokenize(texts)
+
+    def cont(text):
+        return tok([text])[0][prefix:]
+
     want = continuation_logprobs(backbone, [tok(["Question: 2+2?\nAnswer:"])[0], tok(["The cat"])[0]],
-                                 [[tok([" 4"])[0], tok([" five"])[0]], [tok([" sat on the mat"])[0]]], CPU)
+                                 [[cont(" 4"), cont(" five")], [cont(" sat on the mat")]], CPU)
     assert [g[0] for g in got] == pytest.approx([want[0][0], want[0][1], want[1][0]], abs=1e-5)
     # greedy: the continuation of one token that is the argmax after its context
     logits = backbone.lm_logits(torch.tensor([tok(["The cat"])[0]]), torch.ones(1, len(tok(["The cat"])[0]), dtype=torch.long))
     best = int(logits[0, -1].argmax())
     text = backbone.tokenizer.decode([best])
-    if tok([text])[0] == [best]:                    # the argmax token round-trips through text
+    if cont(text) == [best]:                    # the argmax token round-trips through text
         assert lm.loglikelihood(requests("loglikelihood", [("The cat", text)]))[0][1] is True
 
 
@@ -61,11 +68,11 @@ def test_rolling_loglikelihood_is_the_token_nll_of_the_text(backbone):
     from forgetlab.eval.lm_eval_backend import BackboneLM
     from forgetlab.models.causal_lm import lm_labels, token_nll
 
-    text = "the quick brown fox jumps over the lazy dog " * 3
+    text = "the quick brown fox jumps over the lazy dog"
     lm = BackboneLM(backbone, CPU, window=64, batch_size=4)
     got = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))[0]
-    ids = [backbone.tokenizer.eos_token_id] + backbone.tokenize([text], max_length=1000)[0]
-    assert len(ids) <= 64                             # one window: EOS, then every token predicted once
+    ids = [lm.first_id] + backbone.tokenize([text], max_length=1000)[0][lm.prefix:]
+    assert len(ids) <= 64                             # one window: BOS, then every token predicted once
     x = torch.tensor([ids])
     nll, _ = token_nll(backbone.lm_logits(x, torch.ones_like(x)), lm_labels(x, torch.ones_like(x)))
     assert got == pytest.approx(-nll.sum().item(), abs=1e-3)
@@ -101,7 +108,8 @@ def test_the_harness_scores_as_the_built_in_mmlu_scorer(backbone):
     chosen = [max(range(4), key=lambda k: s["filtered_resps"][k][0]) for s in samples]
     prompts = [f"Question: {it['question']}\nAnswer:" for it in items]
     ours = continuation_logprobs(backbone, [backbone.tokenize([p])[0] for p in prompts],
-                                 [backbone.tokenize([" " + c for c in it["choices"]]) for it in items], CPU)
+                                 [[t[1:] for t in backbone.tokenize([" " + c for c in it["choices"]])] for it in items],
+                                 CPU)                 # the byte tokenizer's BOS (its one leading special token) cut
     assert chosen == [max(range(4), key=s.__getitem__) for s in ours]
     assert out["results"]["tiny_quiz"]["acc,none"] == qa_accuracy(backbone, items, 64, CPU)
 

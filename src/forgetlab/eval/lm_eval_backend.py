@@ -74,7 +74,6 @@ class BackboneLM(LM):
         """Each text's summed log-probability, BOS (else EOS) first, in disjoint windows of the
         backbone's context (the harness's ``get_rolling_token_windows``), each window scored as a
         continuation of the tokens before it."""
-        utils = _harness().utils
         texts = [req.args[0] for req in requests]
         windows, owner = [], []
         for n, ids in enumerate(self.backbone.tokenize(texts, max_length=1 << 30)):
@@ -164,11 +163,11 @@ class HarnessTasks:
             better = results.get("higher_is_better", {}).get(name, {})
             for key, value in results["results"].get(name, {}).items():
                 metric, _, filt = key.partition(",")
-                if metric.endswith("_stderr") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                if metric not in better or not isinstance(value, (int, float)):     # stderr, sample_len, alias
                     continue
                 column = f"lm_eval/{name}/{metric}" + ("" if filt in ("", "none") else f",{filt}")
                 row[column] = float(value)
-                direction = "lower" if better.get(metric) is False else "higher"
+                direction = "higher" if better[metric] else "lower"
                 self.probes[column] = (direction, f"lm-evaluation-harness {name}: {metric}")
                 self.chance[column] = (self._task_chance.get(name) if metric in ("acc", "acc_norm") else None)
                 self.counts[column] = self._count(results, name)
