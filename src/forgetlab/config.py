@@ -114,6 +114,19 @@ class RetentionConfig(Section):
     max_length: int = Field(256, ge=2)           # tokens per window (at most the model's positions)
 
 
+class GeneralConfig(Section):
+    """General ability through another evaluation backend, before the stream and after each task, beside
+    eval.retention's probes in G (docs/integrations.md). ``lm_eval``: lm-evaluation-harness on the
+    in-memory model (eval/lm_eval_backend.py), its tasks by name or from YAML files in ``include_path``."""
+    backend: Literal["lm_eval"] = "lm_eval"
+    tasks: list[str] = Field(min_length=1)       # harness task or group names (mmlu, hellaswag, ...)
+    include_path: str | None = None              # a folder of task YAMLs (e.g. examples/lm_eval), searched first
+    limit: int | None = Field(None, ge=1)        # items per task (None: all)
+    num_fewshot: int | None = Field(None, ge=0)  # None: each task's own (0 where it names none)
+    batch_size: int = Field(32, ge=1)            # prompts decoded at once by generate_until
+    max_length: int = Field(1024, ge=2)          # tokens per context (at most the model's positions)
+
+
 class EvalConfig(Section):
     probe: bool = False                          # the probe matrix P: a probe on frozen features after each task
     probe_type: Literal["linear", "cosine", "prototype"] = "linear"
@@ -124,6 +137,7 @@ class EvalConfig(Section):
     cka: bool = False                            # linear CKA to the initial backbone, class overlap
     cka_examples: int = Field(512, ge=2)         # the fixed probe set: this many test examples, spread over tasks
     retention: RetentionConfig | None = None     # causal LMs: perplexity and zero-shot QA after each task
+    general: GeneralConfig | None = None         # causal LMs: an evaluation backend's tasks after each task
 
 
 class LogConfig(Section):
@@ -146,6 +160,7 @@ class OnlineConfig(Section):
 # Sections added after runs were stored: left out of the hash when absent, so those runs keep theirs.
 LATER_SECTIONS = ("online",)
 LATER_BACKBONE_KEYS = ("dropout",)                  # and backbone keys, when None
+LATER_EVAL_KEYS = ("general",)                      # and eval keys, when None
 EXECUTION_KEYS = ("distributed", "zero_stage")      # train keys left out of the hash (Config.hash)
 
 
@@ -171,6 +186,7 @@ class Config(Section):
         kept = {k: v for k, v in self.to_dict().items() if k != "log" and not (k in LATER_SECTIONS and v is None)}
         kept["train"] = {k: v for k, v in kept["train"].items() if k not in EXECUTION_KEYS}
         kept["backbone"] = {k: v for k, v in kept["backbone"].items() if not (k in LATER_BACKBONE_KEYS and v is None)}
+        kept["eval"] = {k: v for k, v in kept["eval"].items() if not (k in LATER_EVAL_KEYS and v is None)}
         blob = json.dumps(kept, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -21,7 +21,7 @@ from ._version import __version__
 from .config import Config, dump_config
 from .errors import UserError
 from .eval.metrics import matrix_metrics, metric_direction
-from .eval.retention import Retention, retention_record
+from .eval.retention import Retention
 from .kinds import kind_class
 from .loggers import open_loggers
 from .methods import REGISTRY, Method, method_class
@@ -76,15 +76,16 @@ class Engine:
         self.stream = self.kind.stream
         method_cfg = method_cls.Config.model_validate(cfg.method)
         backbone = backbone or build_backbone(cfg.backbone)
-        if cfg.eval.retention and not backbone.causal:
-            raise UserError(f"eval.retention: measures a causal LM's general ability; {backbone.source} is an encoder")
+        general = "retention" if cfg.eval.retention else "general" if cfg.eval.general else None
+        if general and not backbone.causal:
+            raise UserError(f"eval.{general}: measures a causal LM's general ability; {backbone.source} is an encoder")
         self.learner = self.kind.build_learner(backbone, method_cls.head_config(method_cfg, cfg.head))
         ctx = Context(self.stream, self.kind.inputs, self.device, backbone.pad_id, cfg.train, cfg.seed, self.kind)
         self.method: Method = method_cls(method_cfg, self.learner, ctx)
         self.learner.to(self.device)          # after the method: it may add modules (LoRA, adapters)
         if cfg.online:
             online.check(cfg, kind_cls.name, self.method)
-        self.retention = Retention(cfg.eval.retention) if cfg.eval.retention else None
+        self.retention = Retention(cfg.eval.retention, cfg.eval.general) if general else None
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, out_dir: Path, store: Store, resume: bool = False) -> dict:
@@ -230,8 +231,7 @@ class Engine:
             "metrics": metrics,
             "metric_directions": {key: metric_direction(key, m["direction"]) for m in matrices.values() for key in m["metrics"]},
             "matrices": matrices,
-            "retention": retention_record(self.cfg.eval.retention, state["retention"], self.retention.chance,
-                                          self.retention.counts) if self.retention else None,
+            "retention": self.retention.record(state["retention"]) if self.retention else None,
             "variants": self._variants(state),
             "timing": timing, "task_log": state["log"],
             "resources": {**resources(self.device), "trainable_parameters": max((e.get("trainable_parameters", 0)
@@ -263,8 +263,7 @@ class Engine:
         points = []
         for point in sorted(state["variants"].values(), key=lambda p: p["value"]):
             matrices = self._matrices(point["rows"], state["baseline"])
-            retention = retention_record(self.cfg.eval.retention, state["retention"][:1] + point["retention"],
-                                         self.retention.chance, self.retention.counts) if self.retention else None
+            retention = self.retention.record(state["retention"][:1] + point["retention"]) if self.retention else None
             points.append({"value": point["value"], "matrices": matrices, "retention": retention,
                            "metrics": {k: v for m in matrices.values() for k, v in m["metrics"].items()}})
         return {"parameter": self.method.variant_parameter, "value": self.method.variant_value, "points": points}

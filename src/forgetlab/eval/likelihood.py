@@ -20,19 +20,20 @@ MAX_ROWS = 256         # continuations scored at once (each holds a copy of its 
 
 
 def continuation_logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[list[list[int]]],
-                          device: torch.device) -> list[list[float]]:
+                          device: torch.device, greedy: bool = False) -> list[list]:
     """For each prompt, the summed log-probability of each of its continuations (non-empty id lists);
-    over several processes each rank scores its share and every rank gets them all."""
+    with ``greedy``, ``(log-probability, whether every token is the argmax)`` pairs. Over several
+    processes each rank scores its share and every rank gets them all."""
     ranks = distributed.current()
     if not ranks.active:
-        return _logprobs(backbone, prompts, continuations, device)
-    return ranks.map(lambda part: _logprobs(backbone, [p for p, _ in part], [c for _, c in part], device),
+        return _logprobs(backbone, prompts, continuations, device, greedy)
+    return ranks.map(lambda part: _logprobs(backbone, [p for p, _ in part], [c for _, c in part], device, greedy),
                      list(zip(prompts, continuations)))
 
 
 @torch.inference_mode()
 def _logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[list[list[int]]],
-              device: torch.device) -> list[list[float]]:
+              device: torch.device, greedy: bool = False) -> list[list]:
     from transformers import DynamicCache
 
     was_training = backbone.training
@@ -62,6 +63,7 @@ def _logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[
             cont_mask[r, : len(c)] = 1
         cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
         scores = first[select].gather(1, cont_ids[:, :1]).squeeze(1)
+        argmax = first[select].argmax(1) == cont_ids[:, 0]
         if width > 1:
             steps = torch.arange(1, width, device=device)
             # a shorter continuation's padding may run past the model's positions: its ids are never scored
@@ -71,7 +73,8 @@ def _logprobs(backbone: Backbone, prompts: list[list[int]], continuations: list[
             logp = F.log_softmax(backbone.lm_head(hidden).float(), dim=-1)
             token = logp.gather(2, cont_ids[:, 1:, None]).squeeze(2)
             scores = scores + (token * cont_mask[:, 1:]).sum(1)
-        scores = scores.tolist()
+            argmax = argmax & ((logp.argmax(2) == cont_ids[:, 1:]) | (cont_mask[:, 1:] == 0)).all(1)
+        scores = list(zip(scores.tolist(), argmax.tolist())) if greedy else scores.tolist()
         for (k, _), value in zip(rows, scores):
             out[idx[k]].append(value)
     backbone.train(was_training)

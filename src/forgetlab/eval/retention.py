@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RetentionConfig
+from ..config import GeneralConfig, RetentionConfig
 from ..data.text_files import read_lines, read_text
 from ..errors import UserError
 from ..models.backbones import Backbone
@@ -110,10 +110,16 @@ def qa_accuracy(backbone: Backbone, items: list[dict], window: int, device: torc
 
 def _choice_inputs(backbone: Backbone, contexts: list[str], choices: list[list[str]],
                    window: int) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Each context's ids and its choices' ids (" " + choice), as ``continuation_inputs``."""
+    return continuation_inputs(backbone, contexts, [[" " + c for c in options] for options in choices], window)
+
+
+def continuation_inputs(backbone: Backbone, contexts: list[str], continuations: list[list[str]],
+                        window: int) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Each context's ids (cut from the left, the tokenizer's leading special tokens kept, so its longest
-    choice fits the window) and its choices' ids (" " + choice, without those special tokens)."""
+    continuation fits the window) and its continuations' ids (tokenized apart, without those special tokens)."""
     prefix = len(backbone.tokenize([""])[0])
-    conts = [[t[prefix:] for t in backbone.tokenize([" " + c for c in options], max_length=window)] for options in choices]
+    conts = [[t[prefix:] for t in backbone.tokenize(options, max_length=window)] for options in continuations]
     prompts = []
     for context, options in zip(contexts, conts):
         ids = backbone.tokenize([context], max_length=10_000)[0]
@@ -174,16 +180,17 @@ def informative(before: float | None, chance: float | None, n: int) -> bool | No
 
 
 def retention_record(cfg: RetentionConfig, rows: list[dict], chance: dict | None = None,
-                     items: dict | None = None) -> dict:
+                     items: dict | None = None, extra: dict | None = None) -> dict:
     """General ability before the stream (index 0) and after each task: each probe's values, its change
     from before the stream (TRACE's ΔR^G), chance level and whether it is informative; and the older
-    keys ``perplexity_ratio`` (after / before) and ``qa_accuracy_change`` (after − before)."""
+    keys ``perplexity_ratio`` (after / before) and ``qa_accuracy_change`` (after − before). ``extra``:
+    more probes, as ``PROBES`` (an evaluation backend's columns)."""
     chance, items = chance or {}, items or {}
-    ppl, qa = [r["perplexity"] for r in rows], [r["qa_accuracy"] for r in rows]
+    ppl, qa = [r.get("perplexity") for r in rows], [r.get("qa_accuracy") for r in rows]
     probes = {}
-    for name, (direction, about) in PROBES.items():
+    for name, (direction, about) in {**PROBES, **(extra or {})}.items():
         values = [r.get(name) for r in rows]
-        if values[0] is None:
+        if values[0] is None or None in values:
             continue
         probes[name] = {"about": about, "direction": direction, "values": values,
                         "change": [v - values[0] for v in values], "chance": chance.get(name),
@@ -196,12 +203,18 @@ def retention_record(cfg: RetentionConfig, rows: list[dict], chance: dict | None
 
 
 class Retention:
-    """The probes' items, loaded once; ``measure`` gives one row of figures."""
+    """The probes' items, loaded once; ``measure`` gives one row of figures: the built-in probes of
+    ``cfg`` (None: none) and an evaluation backend's columns (``eval.general``)."""
 
-    def __init__(self, cfg: RetentionConfig):
+    def __init__(self, cfg: RetentionConfig | None, general: GeneralConfig | None = None):
         from ..data.instructions import load_task
 
+        cfg = cfg or RetentionConfig(corpus=None, qa=None)
         self.cfg = cfg
+        self.general = None
+        if general:
+            from .lm_eval_backend import HarnessTasks
+            self.general = HarnessTasks(general)
         self.texts = corpus_texts(cfg.corpus, cfg.max_tokens * 20) if cfg.corpus else None
         self.items = qa_items(cfg.qa, cfg.qa_split, cfg.max_items) if cfg.qa else None
         self.boolq = boolq_items(cfg.boolq_items) if cfg.boolq_items else None
@@ -231,7 +244,15 @@ class Retention:
             row["held_out_nll"] = self._response_nll(backbone, self.held_out, window, device)
             row["held_out_score"] = self._generated(backbone, self.held_out, task.metric, task.max_new_tokens, window, device)
         backbone.train(was_training)
+        if self.general:
+            row |= self.general.measure(backbone, device)
+            self.chance |= self.general.chance
+            self.counts |= self.general.counts
         return row
+
+    def record(self, rows: list[dict]) -> dict:
+        """results.json's ``retention`` from the rows ``measure`` gave."""
+        return retention_record(self.cfg, rows, self.chance, self.counts, self.general.probes if self.general else None)
 
     def _format(self, backbone: Backbone, window: int):
         from ..models.formatting import Formatter
