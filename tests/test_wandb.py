@@ -36,7 +36,9 @@ def wandb_records(path) -> list:
 
 
 def read_run(run_dir) -> dict:
-    """A W&B offline run's id, name, history rows by step, summary and exit code, and its table files."""
+    """A W&B offline run's id, name, history rows by step, summary and exit code, and its table files
+    (after the W&B service is shut down: ``finish`` may return before it has written the last records)."""
+    wandb.teardown()
     [offline] = run_dir.glob("wandb/offline-run-*")
     [path] = offline.glob("*.wandb")
     out = {"history": {}, "summary": {}, "tables": {}}
