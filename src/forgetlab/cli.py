@@ -73,7 +73,7 @@ def show(path: Optional[Path] = typer.Argument(None, help="a run directory, or a
 
 @app.command()
 def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
-           fmt: str = typer.Option("csv", "--format", help="csv or json"),
+           fmt: str = typer.Option("csv", "--format", help="csv, json or parquet (a row per run, every matrix; needs -o)"),
            group_by: list[str] = typer.Option([], "--group-by", help="write the report's group summary instead of runs"),
            where: list[str] = typer.Option([], "--where", help="only runs with KEY=VALUE (a config key), repeatable"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (default stdout)")):
@@ -81,11 +81,18 @@ def export(store: Path = typer.Option(..., "--store", help="SQLite store"),
     from .report.summary import matches, paired_tests, parse_where, records, summarize, with_intransigence
     from .store import Store
 
-    if fmt not in ("csv", "json"):
-        raise UserError(f"--format: expected csv or json, got {fmt!r}")
+    if fmt not in ("csv", "json", "parquet"):
+        raise UserError(f"--format: expected csv, json or parquet, got {fmt!r}")
+    if fmt == "parquet" and (group_by or not output):
+        raise UserError("--format parquet: writes the runs (not --group-by) to a file: -o runs.parquet")
     if not store.is_file():
         raise UserError(f"{store}: store not found")
     conditions = parse_where(where)
+    if fmt == "parquet":
+        from .report.table import write_parquet
+
+        write_parquet([run for run in Store(store).runs(full=True) if matches(run, conditions)], output)
+        return
     if not group_by:
         text = Store(store).export(fmt, keep=lambda run: matches(run, conditions))
     else:

@@ -147,6 +147,11 @@ class LogConfig(Section):
     mlflow: bool = False
     mlflow_tracking_uri: str | None = None       # None: MLFLOW_TRACKING_URI or MLflow's default
     mlflow_experiment: str = "forgetlab"
+    wandb: bool = False                          # Weights & Biases: one W&B run per forgetlab run
+    wandb_project: str = "forgetlab"
+    wandb_entity: str | None = None              # None: W&B's default entity
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None   # None: WANDB_MODE or W&B's default
+    wandb_dir: str | None = None                 # None: the run directory
 
 
 class OnlineConfig(Section):

@@ -184,11 +184,11 @@ class Store:
             runs.append(run)
         return runs
 
-    def runs(self, status: str | None = None) -> list[dict]:
-        """All runs, newest first, optionally only those with one status."""
+    def runs(self, status: str | None = None, full: bool = False) -> list[dict]:
+        """All runs, newest first, optionally only those with one status (``full``: with config and results)."""
         if status is None:
-            return self._select()
-        return self._select("WHERE status = ?", (status,))
+            return self._select(full=full)
+        return self._select("WHERE status = ?", (status,), full=full)
 
     def get(self, run_id: str) -> dict | None:
         """One run with its config and full results (None until completed), or None if unknown."""
