@@ -159,3 +159,24 @@ def test_the_callback_leaves_the_training_as_it_was(setting):
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
     assert not torch.equal(finals[1]["model.layers.0.self_attn.q_proj.weight"],
                            AutoModelForCausalLM.from_pretrained(cfg["backbone"]["name"]).state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_tasks_given_as_data_sets_become_a_stream(setting, tmp_path):
+    """A dict of data sets (rows, or train/test splits as a DatasetDict) is written as task files."""
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, cfg = setting
+    model = AutoModelForCausalLM.from_pretrained(cfg["backbone"]["name"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg["backbone"]["name"])
+    rows = [{"prompt": f"{w} hot or cold?", "response": a} for a in ("hot", "cold") for w in WORDS[a]] * 3   # 24 rows
+    split = DatasetDict({"train": Dataset.from_list(rows[:6]), "test": Dataset.from_list(rows[6:9])})
+    callback = ForgettingCallback.for_tasks({"temps": rows, "temps_split": split}, model, tokenizer,
+                                            general={"corpus": None, "qa": "mmlu", "max_items": 2}, out=tmp_path / "cb")
+    assert callback.tasks == ["temps", "temps_split"]
+    first, second = callback.engine.stream.tasks
+    assert (len(first.train_examples), len(first.test_examples)) == (22, 2)         # one file: 90/10 in file order
+    assert (len(second.train_examples), len(second.test_examples)) == (6, 3)
+    assert second.test_examples[0].prompt == rows[6]["prompt"] and callback.cfg.eval.retention.max_items == 2
+    with pytest.raises(UserError, match="data set 'broken' has a train split but no test split"):
+        ForgettingCallback.for_tasks({"broken": {"train": rows}}, model, tokenizer, out=tmp_path / "x")

@@ -15,6 +15,7 @@ are restored after each measurement) and gives the model back in the mode it fou
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from contextlib import contextmanager
@@ -78,6 +79,22 @@ class ForgettingCallback(TrainerCallback):
         self.state: dict | None = None
         self.loggers: list = []
         self._task_start: tuple[int, float, float] | None = None   # step, clock and eval seconds at train()
+
+    @classmethod
+    def for_tasks(cls, tasks: list[str] | dict[str, Any], model: torch.nn.Module, tokenizer, *,
+                  general: dict | None = None, out: str | Path = "runs/callback", seed: int = 0,
+                  **kwargs) -> "ForgettingCallback":
+        """A callback over instruction tasks given directly: built-in names or files (a list), or data sets
+        by name (a dict of ``{"prompt", "response"[, "options"]}`` rows, or of ``{"train": rows, "test":
+        rows}`` such as a ``DatasetDict``), written as JSONL under ``<out>/tasks``; ``general``: the
+        ``eval.retention`` section (e.g. ``{"qa": "mmlu", "max_items": 100, "corpus": None}``)."""
+        out = Path(out)
+        sources = list(tasks) if not isinstance(tasks, dict) else [_write_task(out / "tasks", name, rows)
+                                                                   for name, rows in tasks.items()]
+        config = {"seed": seed, "data": {"scenario": "instruction", "sequence": sources}}
+        if general is not None:
+            config["eval"] = {"retention": general}
+        return cls(config, model, tokenizer, out=out, **kwargs)
 
     # -- what a user calls ---------------------------------------------------------------------
     @property
@@ -311,6 +328,24 @@ def _load(config, overrides: dict | None, model) -> Config:
         return load_config(source, overrides)               # errors name the file's lines
     name = getattr(getattr(_inner(model), "config", None), "name_or_path", "") or type(_inner(model)).__name__
     return load_config({**raw, "backbone": {"name": name}})
+
+
+def _write_task(folder: Path, name: str, rows) -> str:
+    """A data set given in memory as an instruction task file (rows) or folder (train and test rows)."""
+    def write(path: Path, examples) -> None:
+        path.write_text("".join(json.dumps(dict(row)) + "\n" for row in examples))
+
+    if hasattr(rows, "keys") and "train" in rows.keys():
+        missing = [split for split in ("train", "test") if split not in rows.keys()]
+        if missing:
+            raise UserError(f"tasks: data set '{name}' has a train split but no {missing[0]} split")
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for split in ("train", "test"):
+            write(folder / name / f"{split}.jsonl", rows[split])
+        return str(folder / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder / f"{name}.jsonl", rows)
+    return str(folder / f"{name}.jsonl")
 
 
 def _inner(model: torch.nn.Module) -> torch.nn.Module:
