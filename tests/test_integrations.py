@@ -180,3 +180,20 @@ def test_tasks_given_as_data_sets_become_a_stream(setting, tmp_path):
     assert second.test_examples[0].prompt == rows[6]["prompt"] and callback.cfg.eval.retention.max_items == 2
     with pytest.raises(UserError, match="data set 'broken' has a train split but no test split"):
         ForgettingCallback.for_tasks({"broken": {"train": rows}}, model, tokenizer, out=tmp_path / "x")
+
+
+def test_a_language_modelling_stream_followed_equals_forgetlab_run(setting, tmp_path):
+    """Raw text: two corpora as tasks, every token a target; perplexity matrices equal to 1e-4 (relative)."""
+    _, cfg = setting
+    lm = {"seed": 0, "backbone": {"name": cfg["backbone"]["name"], "max_length": 32},
+          "data": {"scenario": "language_modeling", "sequence": ["tinyshakespeare", "wikitext2"], "order_seed": None,
+                   "max_train_tokens": 512, "max_eval_tokens": 256},
+          "train": {"max_steps": 4, "batch_size": 4, "lr_backbone": 3e-3, "weight_decay": 0.0, "progress": False}}
+    ours = forgetlab.run(lm, out=tmp_path / "run").raw
+    train_with_trl(lm, tmp_path / "callback", every_steps=None)
+    theirs = json.loads((tmp_path / "callback" / "results.json").read_text())
+    assert theirs["kind"] == "language_modeling" and theirs["status"] == "completed"
+    for name in ("perplexity", "nll", "accuracy"):
+        np.testing.assert_allclose(theirs["matrices"][name]["values"], ours["matrices"][name]["values"], rtol=1e-4)
+    P = np.array(ours["matrices"]["perplexity"]["values"])
+    assert P[0, 0] < ours["matrices"]["perplexity"]["baseline"][0]          # it learnt the first corpus
