@@ -41,6 +41,8 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
     (a seeded random sample). With ``join_min_chars`` > 0, consecutive texts of one side are joined into
     units of at least that many characters before scoring. The test is cross-fitted (``stats.py``);
     with ``repeats`` > 1 it runs on that many random splits and the p-values are combined."""
+    if n is not None and n < MIN_TEXTS:
+        raise UserError(f"--n {n}: at least {MIN_TEXTS} texts per side are needed")
     rng = np.random.default_rng(seed)
     sides = {}
     for side, source, flag in (("suspect", suspect, "--suspect"), ("reference", reference, "--reference")):
@@ -50,8 +52,6 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
         if len(units) < MIN_TEXTS:
             raise UserError(f"{flag}: at least {MIN_TEXTS} texts (units after joining) are needed; it gives {len(units)}")
         sides[side] = (len(texts), units)
-    if n is not None and n < MIN_TEXTS:
-        raise UserError(f"--n {n}: at least {MIN_TEXTS} texts per side are needed")
 
     lm = CausalLM(model, max_length=max_length, batch_size=batch_size, device=device, trust_remote_code=trust_remote_code)
     refs = [CausalLM(r, max_length=max_length, batch_size=batch_size, device=device,
