@@ -125,19 +125,21 @@ def join_texts(texts: list[str], min_chars: int) -> list[str]:
 
 def _score(lm: CausalLM, refs: list[CausalLM], suspects: list[str], references: list[str], seed: int,
            show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Both sides' feature matrices, after a line with the cost (from a timed first batch) and under a progress bar."""
+    """Both sides' feature matrices, after a line with the cost (from a timed batch after a warm-up one)
+    and under a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     passes = (len(suspects) + len(references)) * passes_per_text(len(refs))
+    lm.token_logprobs(suspects[: lm.batch_size])                  # warm-up: the first call is slower
     start = time.perf_counter()
     lm.token_logprobs(suspects[: lm.batch_size])
     per_batch = time.perf_counter() - start
     if show_progress:
         console.print(f"scoring {len(suspects)} + {len(references)} texts × {passes_per_text(len(refs))} passes = "
                       f"{passes:,} forward passes; about {per_batch * passes / lm.batch_size / 60:.1f} min "
-                      f"(first batch of {lm.batch_size}: {per_batch:.2f} s)")
+                      f"(a batch of {lm.batch_size}: {per_batch:.2f} s)")
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not (show_progress and console.is_terminal)) as bar:
         job = bar.add_task("scoring", total=passes)
