@@ -15,7 +15,7 @@ from scipy import stats
 from conftest import SHARED_DATA
 from test_cli import cli
 from forgetlab.config import LMConfig
-from forgetlab.inference import infer, join_texts
+from forgetlab.inference import dataset_test, infer, join_texts
 from forgetlab.inference.features import CausalLM, feature_names, max_k, min_k, perturb, text_features, zlib_ratio
 from forgetlab.inference.stats import (Normaliser, auc, combine_p, cross_fit_p, cross_fit_test, fit_logistic,
                                        fold_test, power_at, split_halves, split_test, texts_needed,
@@ -340,7 +340,10 @@ def test_n_caps_the_texts_and_joining_counts_units(tiny_lm):
     sus = [f"line {i}: {TEXTS[i % 3]}" for i in range(30)]
     ref = [f"row {i}: {TEXTS[(i + 1) % 3]}" for i in range(20)]
     assert infer(str(tiny_lm), sus, ref, n=12, show_progress=False).raw["texts"] == {"suspect": 12, "reference": 12}
-    every = infer(str(tiny_lm), sus, ref, n=500, show_progress=False).raw         # a cap, not a demand
+    res = infer(str(tiny_lm), sus, ref, n=500, show_progress=False)               # a cap, not a demand
+    every = res.raw
+    again = dataset_test(res.features["suspect"], res.features["reference"], seed=0)
+    assert (again["p_value"], again["verdict"]) == (res.p_value, res.verdict)
     assert every["texts"] == {"suspect": 30, "reference": 20} and every["n"] == {"suspect": 30, "reference": 20}
     joined = infer(str(tiny_lm), sus, ref, join_min_chars=80, seed=3, show_progress=False).raw
     rng = np.random.default_rng(3)

@@ -4,8 +4,9 @@ For each seed: the corpus (Tiny Shakespeare cut into texts of about 400 characte
 short queries) is shuffled and halved into members and non-members. A GPT-2-style model is
 pretrained with ``forgetlab pretrain`` on the members only; then ``forgetlab.infer`` with its
 defaults (every text, cross-fitted) tests (a) members against non-members, and (b) nulls: the
-non-members reshuffled into two disjoint halves, ``null_per_model`` times. Prints one line per test
-and writes ``OUT/summary.json``.
+non-members reshuffled into two disjoint halves, ``null_per_model`` times. The nulls reuse the
+non-members' features from (a) and run the same statistics (``dataset_test``, what ``infer`` runs
+after scoring), so each costs no forward pass. Prints one line per test and writes ``OUT/summary.json``.
 
     FORGETLAB_DATA_DIR=../shared/data .venv/bin/python examples/inference/membership_experiment.py \
         --corpus tinyshakespeare --seeds 0 1 2 3 4 --out runs/membership
@@ -21,9 +22,12 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
+
 import forgetlab
 from forgetlab.config import load_pretrain_config
 from forgetlab.data.corpus import chunk_text, read_texts
+from forgetlab.inference import dataset_test
 from forgetlab.train.pretrain import pretrain
 
 
@@ -80,18 +84,17 @@ def main() -> None:
         print(f"seed {seed}: members vs non-members p = {res.p_value:.3g} (d = {res.effect_size:.2f}, "
               f"{res.n['suspect']} + {res.n['reference']} units): {res.verdict}; pretrain {trained - began:.0f} s, "
               f"infer {time.perf_counter() - trained:.0f} s", flush=True)
+        features = res.features["reference"]
         for k in range(args.null_per_model):
             null_seed = seed * 100 + k
-            shuffled = random.Random(null_seed).sample(nonmembers, len(nonmembers))
-            half = len(shuffled) // 2
-            write_jsonl(work / f"null{k}_a.jsonl", shuffled[:half])
-            write_jsonl(work / f"null{k}_b.jsonl", shuffled[half:])
-            res = forgetlab.infer(model, work / f"null{k}_a.jsonl", work / f"null{k}_b.jsonl", seed=null_seed,
-                                  out=work / f"infer-null-{k}", **options)
-            summary["null"].append({"model_seed": seed, "seed": null_seed, "n": res.n, "p_value": res.p_value,
-                                    "effect_size": res.effect_size, "verdict": res.verdict})
-            print(f"seed {seed}: null test {k} p = {res.p_value:.3g} ({res.n['suspect']} + {res.n['reference']} units): "
-                  f"{res.verdict}", flush=True)
+            order = np.random.default_rng(null_seed).permutation(len(features))
+            a, b = features[order[: len(order) // 2]], features[order[len(order) // 2:]]
+            null = dataset_test(a, b, seed=null_seed)
+            summary["null"].append({"model_seed": seed, "seed": null_seed, "n": [len(a), len(b)],
+                                    "p_value": null["p_value"], "effect_size": null["effect_size"],
+                                    "verdict": null["verdict"]})
+            print(f"seed {seed}: null test {k} p = {null['p_value']:.3g} ({len(a)} + {len(b)} units): "
+                  f"{null['verdict']}", flush=True)
         summary["seconds_per_seed"] = summary.get("seconds_per_seed", []) + [time.perf_counter() - began]
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     detected = sum(r["p_value"] < 0.05 for r in summary["member"])

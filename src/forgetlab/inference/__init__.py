@@ -30,6 +30,7 @@ class InferenceResult:
     feature_auc: dict[str, float]
     p_by_size: list[dict]
     raw: dict[str, Any]
+    features: dict[str, np.ndarray]   # the [units × features] matrices of each side, in tested order
 
 
 def infer(model: str, suspect: str | Path | list[str], reference: str | Path | list[str], *, n: int | None = None,
@@ -59,6 +60,37 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
     names = feature_names(len(refs))
     s_feat, r_feat = _score(lm, refs, sides["suspect"][1], sides["reference"][1], seed, show_progress)
 
+    result = dataset_test(s_feat, r_feat, seed=seed, repeats=repeats, alpha=alpha)
+    feature_auc = {name: auc(s_feat[:, j], r_feat[:, j]) for j, name in enumerate(names)}
+    first = result["fits"][0].folds[0]
+    n_s, n_r = len(s_feat), len(r_feat)
+    raw = {
+        "model": model, "suspect": _source(suspect), "reference": _source(reference), "references": list(references),
+        "texts": {"suspect": sides["suspect"][0], "reference": sides["reference"][0]},
+        "join_min_chars": join_min_chars, "n": {"suspect": n_s, "reference": n_r}, "n_cap": n,
+        "seed": seed, "repeats": repeats, "alpha": alpha,
+        **{k: v for k, v in result.items() if k != "fits"},
+        "feature_auc": feature_auc,
+        "aggregator_weights": dict(zip(["bias", *names], first.weights.tolist())),
+        "scores": {"suspect": first.suspect_scores.tolist(), "reference": first.reference_scores.tolist()},
+        "environment": environment(seed, lm.device),
+    }
+    if out is not None:
+        from ..report.inference import write_inference_page
+
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "inference.json", raw)
+        write_inference_page(raw, folder / "report.html")
+    return InferenceResult(raw["p_value"], raw["effect_size"], raw["verdict"], raw["n"], result["texts_needed"] or math.inf,
+                           feature_auc, raw["p_by_size"], raw, {"suspect": s_feat, "reference": r_feat})
+
+
+def dataset_test(s_feat: np.ndarray, r_feat: np.ndarray, *, seed: int = 0, repeats: int = 1,
+                  alpha: float = 0.05) -> dict[str, Any]:
+    """The statistics of ``infer`` on feature matrices (rows: units, in random order): the cross-fitted
+    p-value over ``repeats`` splits, the p-value at growing sizes, the power estimate and the verdict.
+    The "fits" entry holds the ``CrossFit`` of each split; every other entry is plain JSON."""
     def test(m: int) -> tuple[float, list]:
         fits = [cross_fit_test(s_feat[:m], r_feat[:m], seed * 1_000 + i) for i in range(repeats)]
         return combine_p([f.p_value for f in fits]), fits
@@ -72,17 +104,10 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
     from_curve = texts_needed_from_curve([s["n"] for s in p_by_size], [s["p_value"] for s in p_by_size], alpha)
     finite = [x for x in (from_d, from_curve) if math.isfinite(x)]
     needed = max(finite) if finite else math.inf
-    decision = verdict(p_value, alpha, min(n_s, n_r), needed)
-    feature_auc = {name: auc(s_feat[:, j], r_feat[:, j]) for j, name in enumerate(names)}
-    effect = float(np.median([f.effect_size for f in fits]))
-    first = fits[0].folds[0]
-    raw = {
-        "model": model, "suspect": _source(suspect), "reference": _source(reference), "references": list(references),
-        "texts": {"suspect": sides["suspect"][0], "reference": sides["reference"][0]},
-        "join_min_chars": join_min_chars, "n": {"suspect": n_s, "reference": n_r}, "n_cap": n,
-        "seed": seed, "repeats": repeats, "alpha": alpha,
-        "p_value": p_value, "effect_size": effect,
-        "combination": "cross-fit: min(1, p1 + p2) = min(1, 2·mean) of the two folds; repeats: min(1, 2·median)",
+    return {
+        "p_value": p_value, "verdict": verdict(p_value, alpha, min(n_s, n_r), needed),
+        "effect_size": float(np.median([f.effect_size for f in fits])),
+        "combination": "cross-fit: min(1, 2·min) of the two folds (Bonferroni); repeats: min(1, 2·median)",
         "fold_p_values": [[f.p_value for f in cf.folds] for cf in fits],
         "split_p_values": [cf.p_value for cf in fits],
         "t": [[f.t for f in cf.folds] for cf in fits], "df": [[f.df for f in cf.folds] for cf in fits],
@@ -90,21 +115,8 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
         "fit_effect_size": fit_d, "power": POWER, "power_at_n": power_at(min(n_s, n_r), fit_d, alpha),
         "texts_needed": _finite(needed), "texts_needed_from_effect": _finite(from_d),
         "texts_needed_from_curve": _finite(from_curve),
-        "verdict": decision,
-        "feature_auc": feature_auc,
-        "aggregator_weights": dict(zip(["bias", *names], first.weights.tolist())),
-        "p_by_size": p_by_size,
-        "scores": {"suspect": first.suspect_scores.tolist(), "reference": first.reference_scores.tolist()},
-        "environment": environment(seed, lm.device),
+        "p_by_size": p_by_size, "fits": fits,
     }
-    if out is not None:
-        from ..report.inference import write_inference_page
-
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "inference.json", raw)
-        write_inference_page(raw, folder / "report.html")
-    return InferenceResult(p_value, effect, decision, raw["n"], needed, feature_auc, p_by_size, raw)
 
 
 def join_texts(texts: list[str], min_chars: int) -> list[str]:
