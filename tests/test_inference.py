@@ -1,5 +1,6 @@
 """Dataset inference: each feature against a direct computation on a tiny model, the statistics
-against scipy and hand values, no leakage from the tested halves, and the CLI's errors and outputs."""
+against scipy, hand values and simulation (the cross-fit size, the power estimate), no leakage from
+the tested halves, joining, the verdicts, and the CLI's errors and outputs."""
 from __future__ import annotations
 
 import json
@@ -14,10 +15,11 @@ from scipy import stats
 from conftest import SHARED_DATA
 from test_cli import cli
 from forgetlab.config import LMConfig
-from forgetlab.inference import infer
+from forgetlab.inference import dataset_test, infer, join_texts
 from forgetlab.inference.features import CausalLM, feature_names, max_k, min_k, perturb, text_features, zlib_ratio
-from forgetlab.inference.stats import (Normaliser, auc, combine_p, fit_logistic, split_halves, split_test,
-                                       welch_t_test)
+from forgetlab.inference.stats import (Normaliser, auc, combine_p, cross_fit_p, cross_fit_test, fit_logistic,
+                                       fold_test, power_at, split_halves, split_test, texts_needed,
+                                       texts_needed_from_curve, verdict, welch_t_test)
 from forgetlab.models.bpe import train_bpe
 from forgetlab.models.lm_families import build_lm
 
@@ -148,6 +150,99 @@ def test_aggregator_sees_only_the_first_halves():
     assert moved.p_value != base.p_value
 
 
+def test_nothing_from_the_testing_halves_reaches_the_fit():
+    """Change the testing halves' features and move rows between their sides (their labels): the
+    normaliser, the cross-validated strength and effect size and the weights are bit-for-bit the
+    same, and the tested scores are exactly w0 + transform(x) · w."""
+    rng = np.random.default_rng(4)
+    s_fit, r_fit, s_test, r_test = (rng.normal(size=(50, 6)) for _ in range(4))
+    s_fit[:, 0] += 0.8
+    base = fold_test(s_fit, r_fit, s_test, r_test, seed=5)
+    other = fold_test(s_fit, r_fit, np.vstack([r_test[:10], s_test * 7 + 3]), r_test[10:] - 2, seed=5)
+    for a, b in [(base, other)]:
+        for name in ("low", "high", "mean", "std"):
+            np.testing.assert_array_equal(getattr(a.normaliser, name), getattr(b.normaliser, name))
+        np.testing.assert_array_equal(a.weights, b.weights)
+        assert (a.l2, a.fit_effect_size) == (b.l2, b.fit_effect_size)
+    w, norm = base.weights, base.normaliser
+    np.testing.assert_array_equal(base.suspect_scores, w[0] + norm.transform(s_test) @ w[1:])
+    np.testing.assert_array_equal(base.reference_scores, w[0] + norm.transform(r_test) @ w[1:])
+
+
+def test_cross_fit_tests_each_half_with_the_other_halfs_fit():
+    rng = np.random.default_rng(6)
+    S, R = rng.normal(size=(30, 4)), rng.normal(size=(40, 4))
+    cf = cross_fit_test(S, R, seed=2)
+    (sa, sb), (ra, rb) = split_halves(30, 2, 0), split_halves(40, 2, 1)
+    two = fold_test(S[sb], R[rb], S[sa], R[ra], seed=2)
+    np.testing.assert_array_equal(cf.folds[1].weights, two.weights)
+    assert len(cf.folds[0].suspect_scores) == 15 and len(cf.folds[1].reference_scores) == 20
+    assert cf.p_value == min(1.0, 2 * min(cf.folds[0].p_value, cf.folds[1].p_value))
+
+
+def test_cross_fit_p_is_bonferroni():
+    assert cross_fit_p(0.01, 0.2) == pytest.approx(0.02)
+    assert cross_fit_p(0.6, 0.7) == 1.0
+
+
+def test_cross_fit_keeps_its_size_under_a_simulated_null():
+    """2,000 null data sets of 40 + 40 rows and 17 features (one strength, so no inner CV, for speed):
+    each fold alone rejects 5% ± 1.5 points; the folds are nearly the same test, so Bonferroni's 2·min
+    rejects between α/2 (folds identical) and α (folds independent): conservative, never above."""
+    rng = np.random.default_rng(7)
+    folds, combined = [], []
+    for i in range(2000):
+        cf = cross_fit_test(rng.normal(size=(40, 17)), rng.normal(size=(40, 17)), seed=i, grid=(1.0,))
+        folds.append(cf.folds[0].p_value)
+        combined.append(cf.p_value)
+    assert 0.035 <= np.mean(np.array(folds) < 0.05) <= 0.065
+    assert 0.025 - 0.01 <= np.mean(np.array(combined) < 0.05) <= 0.05 + 0.015
+
+
+def test_power_estimate_by_hand():
+    # 4 · ((z_0.975 + z_0.8) / 0.5)² = 4 · (1.95996 + 0.84162)² / 0.25 = 125.58
+    assert texts_needed(0.5, 0.05, 0.8) == pytest.approx(125.58, abs=0.01)
+    assert power_at(125.58, 0.5, 0.05) == pytest.approx(0.8, abs=1e-4)
+    assert texts_needed(0.0, 0.05) == math.inf and texts_needed(-0.2, 0.05) == math.inf
+
+
+def test_power_estimate_matches_simulated_effects_of_known_size():
+    """A mean shift of 0.4 in one of 3 features: at texts_needed(0.4) = 197 per side the cross-fit test
+    (with its inner CV) rejects in about 80% of 200 draws, and the fitting halves' CV effect size is
+    positive (below 0.4: the aggregator's weights are estimated)."""
+    rng = np.random.default_rng(8)
+    n = math.ceil(texts_needed(0.4, 0.05))
+    assert n == 197
+    rejected, fit_d = [], []
+    for i in range(200):
+        S, R = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+        S[:, 0] += 0.4
+        cf = cross_fit_test(S, R, seed=i)
+        rejected.append(cf.p_value < 0.05)
+        fit_d.append(cf.fit_effect_size)
+    assert 0.7 <= np.mean(rejected) <= 0.9
+    assert 0.25 <= np.mean(fit_d) <= 0.45
+
+
+def test_texts_needed_from_the_p_curve_by_hand():
+    # log p = -n/100: the line reaches log 0.05 at n = 100 · ln 20 = 299.57
+    assert texts_needed_from_curve([100, 200, 300], list(np.exp([-1.0, -2.0, -3.0])), 0.05) == pytest.approx(299.57, abs=0.01)
+    assert texts_needed_from_curve([100, 200, 300], [0.2, 0.5, 0.9], 0.05) == math.inf
+
+
+def test_three_verdicts():
+    assert verdict(0.01, 0.05, 100, 500) == "member"
+    assert verdict(0.3, 0.05, 1000, 500) == "no evidence"                 # enough power: not trained on, as far as can be seen
+    assert verdict(0.3, 0.05, 100, math.inf) == "no evidence"             # no effect seen to size a test by
+    assert verdict(0.3, 0.05, 100, 1234) == "inconclusive: about 1,300 texts per side would be needed"
+
+
+def test_join_texts_by_hand():
+    assert join_texts(["ab", "cd", "efg", "h"], 5) == ["ab cd", "efg h"]
+    assert join_texts(["abcdef", "x"], 5) == ["abcdef x"]                 # a short remainder joins the last unit
+    assert join_texts(["a", "b"], 0) == ["a", "b"]
+
+
 def test_a_signal_only_in_the_fitting_halves_is_not_detected():
     """Had the test scored the halves the aggregator was fitted on, this planted signal would give p ≈ 0."""
     rng = np.random.default_rng(2)
@@ -189,7 +284,7 @@ def test_memorised_texts_are_detected_and_outputs_written(tmp_path):
     assert res.p_value < 0.01 and res.effect_size > 0.5
     assert res.feature_auc["log_ppl"] < 0.3                # members: lower perplexity
     raw = json.loads((tmp_path / "out" / "inference.json").read_text())
-    assert raw["p_value"] == res.p_value and raw["n"] == 40 and raw["verdict"] == "member"
+    assert raw["p_value"] == res.p_value and raw["n"] == {"suspect": 40, "reference": 40} and raw["verdict"] == "member"
     assert [s["n"] for s in raw["p_by_size"]] == [10, 20, 40]
     assert len(raw["scores"]["suspect"]) == 20                # the tested half
     assert "p-value" in (tmp_path / "out" / "report.html").read_text()
@@ -212,7 +307,7 @@ def test_cli_writes_a_page_with_escaped_names(tiny_lm, tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("few", "--n 50: the suspect set has only 12 texts"),
+    ("few", "--n 5: at least 8 texts per side are needed"),
     ("empty", "s.jsonl:3: empty text"),
     ("encoder", "not a causal LM (BertModel)"),
     ("missing", "nothing.jsonl: file not found"),
@@ -234,8 +329,24 @@ def test_bad_input_is_one_line_exit_2(tiny_lm, tmp_path, monkeypatch, capsys, ca
     args = ["infer", "--model", model, "--suspect", tmp_path / "nothing.jsonl" if case == "missing" else sus,
             "--reference", ref, "--out", tmp_path / "o"]
     if case == "few":
-        args += ["--n", "50"]
+        args += ["--n", "5"]
     code, out, err = cli(monkeypatch, capsys, *args)
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and expect in err
     assert not (tmp_path / "o" / "inference.json").exists()
+
+
+def test_n_caps_the_texts_and_joining_counts_units(tiny_lm):
+    sus = [f"line {i}: {TEXTS[i % 3]}" for i in range(30)]
+    ref = [f"row {i}: {TEXTS[(i + 1) % 3]}" for i in range(20)]
+    assert infer(str(tiny_lm), sus, ref, n=12, show_progress=False).raw["texts"] == {"suspect": 12, "reference": 12}
+    res = infer(str(tiny_lm), sus, ref, n=500, show_progress=False)               # a cap, not a demand
+    every = res.raw
+    again = dataset_test(res.features["suspect"], res.features["reference"], seed=0)
+    assert (again["p_value"], again["verdict"]) == (res.p_value, res.verdict)
+    assert every["texts"] == {"suspect": 30, "reference": 20} and every["n"] == {"suspect": 30, "reference": 20}
+    joined = infer(str(tiny_lm), sus, ref, join_min_chars=80, seed=3, show_progress=False).raw
+    rng = np.random.default_rng(3)
+    units = {side: len(join_texts([t[i] for i in rng.permutation(len(t))], 80)) for side, t in (("suspect", sus), ("reference", ref))}
+    assert joined["n"] == units and units["suspect"] < 30 and joined["join_min_chars"] == 80
+    assert joined["verdict"] in ("member", "no evidence") or joined["verdict"].startswith("inconclusive: about ")

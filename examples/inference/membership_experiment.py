@@ -1,13 +1,17 @@
-"""Dataset inference end to end on real text (issue 7's experiment).
+"""Dataset inference end to end on real text (issues 7 and 22).
 
-For each seed: Tiny Shakespeare is cut into texts of about 400 characters, shuffled, and halved into
-members and non-members. A GPT-2-style model is pretrained with ``forgetlab pretrain`` on the members
-only; then ``forgetlab infer`` tests (a) members against non-members, and (b) a null: two disjoint
-halves of the non-members, under ``null_per_model`` test seeds. Prints one line per test and writes
-``OUT/summary.json``.
+For each seed: the corpus (Tiny Shakespeare cut into texts of about 400 characters, or CLINC150's
+short queries) is shuffled and halved into members and non-members. A GPT-2-style model is
+pretrained with ``forgetlab pretrain`` on the members only; then ``forgetlab.infer`` with its
+defaults (every text, cross-fitted) tests (a) members against non-members, and (b) nulls: the
+non-members reshuffled into two disjoint halves, ``null_per_model`` times. The nulls reuse the
+non-members' features from (a) and run the same statistics (``dataset_test``, what ``infer`` runs
+after scoring), so each costs no forward pass. Prints one line per test and writes ``OUT/summary.json``.
 
     FORGETLAB_DATA_DIR=../shared/data .venv/bin/python examples/inference/membership_experiment.py \
-        --seeds 0 1 2 3 4 --n 500 --out runs/membership
+        --corpus tinyshakespeare --seeds 0 1 2 3 4 --out runs/membership
+    FORGETLAB_DATA_DIR=../shared/data .venv/bin/python examples/inference/membership_experiment.py \
+        --corpus clinc150 --seeds 0 1 2 3 4 --null-per-model 4 --out runs/clinc150
 """
 from __future__ import annotations
 
@@ -15,11 +19,15 @@ import argparse
 import json
 import os
 import random
+import time
 from pathlib import Path
+
+import numpy as np
 
 import forgetlab
 from forgetlab.config import load_pretrain_config
-from forgetlab.data.corpus import chunk_text
+from forgetlab.data.corpus import chunk_text, read_texts
+from forgetlab.inference import dataset_test
 from forgetlab.train.pretrain import pretrain
 
 
@@ -30,27 +38,32 @@ def write_jsonl(path: Path, texts: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--n", type=int, default=500, help="texts per side")
-    ap.add_argument("--chars", type=int, default=400, help="characters per text (whole lines)")
+    ap.add_argument("--corpus", choices=["tinyshakespeare", "clinc150"], default="tinyshakespeare")
+    ap.add_argument("--n", type=int, default=None, help="cap on texts per side (default: all)")
+    ap.add_argument("--chars", type=int, default=400, help="Tiny Shakespeare: characters per text (whole lines)")
+    ap.add_argument("--join-min-chars", type=int, default=0, help="infer's unit joining (0: off, the default)")
+    ap.add_argument("--batch-size", type=int, default=16, help="infer's scoring batch (speed only)")
     ap.add_argument("--size", default="small")
     ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--null-per-model", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/membership"))
     args = ap.parse_args()
 
-    corpus = Path(os.environ.get("FORGETLAB_DATA_DIR", "../shared/data")) / "tinyshakespeare" / "train.txt"
-    texts = chunk_text(corpus.read_text(encoding="utf-8"), args.chars)
+    data = Path(os.environ.get("FORGETLAB_DATA_DIR", "../shared/data"))
+    if args.corpus == "tinyshakespeare":
+        texts = chunk_text((data / "tinyshakespeare" / "train.txt").read_text(encoding="utf-8"), args.chars)
+    else:
+        texts = read_texts(data / "clinc150" / "train.jsonl")
+    options = {"n": args.n, "join_min_chars": args.join_min_chars, "batch_size": args.batch_size}
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "texts": len(texts), "member": [], "null": []}
     for seed in args.seeds:
+        began = time.perf_counter()
         work = args.out / f"seed{seed}"
         work.mkdir(parents=True, exist_ok=True)
         order = random.Random(seed).sample(texts, len(texts))
         members, nonmembers = order[: len(order) // 2], order[len(order) // 2:]
         write_jsonl(work / "members.jsonl", members)
         write_jsonl(work / "nonmembers.jsonl", nonmembers)
-        half = len(nonmembers) // 2
-        write_jsonl(work / "nonmembers_a.jsonl", nonmembers[:half])
-        write_jsonl(work / "nonmembers_b.jsonl", nonmembers[half:])
         cfg = load_pretrain_config({
             "seed": seed,
             "corpus": {"path": str(work / "members.jsonl"), "valid_path": str(work / "nonmembers.jsonl")},
@@ -59,20 +72,31 @@ def main() -> None:
         })
         record = pretrain(cfg, work / "model")
         model = record["checkpoints"][-1]["path"]
-        res = forgetlab.infer(model, work / "members.jsonl", work / "nonmembers.jsonl", n=args.n, seed=seed,
-                              out=work / "infer-members")
+        trained = time.perf_counter()
+        res = forgetlab.infer(model, work / "members.jsonl", work / "nonmembers.jsonl", seed=seed,
+                              out=work / "infer-members", **options)
         summary["member"].append({"seed": seed, "p_value": res.p_value, "effect_size": res.effect_size,
+                                  "verdict": res.verdict, "n": res.n, "p_by_size": res.p_by_size,
+                                  "fit_effect_size": res.raw["fit_effect_size"], "texts_needed": res.raw["texts_needed"],
                                   "valid_perplexity": record["checkpoints"][-1]["valid_perplexity"],
+                                  "pretrain_s": trained - began, "infer_s": time.perf_counter() - trained,
                                   "feature_auc": res.feature_auc})
-        print(f"seed {seed}: members vs non-members p = {res.p_value:.3g} (d = {res.effect_size:.2f})", flush=True)
-        n_null = min(args.n, half)
+        print(f"seed {seed}: members vs non-members p = {res.p_value:.3g} (d = {res.effect_size:.2f}, "
+              f"{res.n['suspect']} + {res.n['reference']} units): {res.verdict}; pretrain {trained - began:.0f} s, "
+              f"infer {time.perf_counter() - trained:.0f} s", flush=True)
+        features = res.features["reference"]
         for k in range(args.null_per_model):
             null_seed = seed * 100 + k
-            res = forgetlab.infer(model, work / "nonmembers_a.jsonl", work / "nonmembers_b.jsonl", n=n_null,
-                                  seed=null_seed, out=work / f"infer-null-{k}")
-            summary["null"].append({"model_seed": seed, "seed": null_seed, "n": n_null, "p_value": res.p_value,
-                                    "effect_size": res.effect_size})
-            print(f"seed {seed}: null test {k} p = {res.p_value:.3g} (n = {n_null})", flush=True)
+            order = np.random.default_rng(null_seed).permutation(len(features))
+            a, b = features[order[: len(order) // 2]], features[order[len(order) // 2:]]
+            null = dataset_test(a, b, seed=null_seed)
+            summary["null"].append({"model_seed": seed, "seed": null_seed, "n": [len(a), len(b)],
+                                    "p_value": null["p_value"], "effect_size": null["effect_size"],
+                                    "verdict": null["verdict"]})
+            print(f"seed {seed}: null test {k} p = {null['p_value']:.3g} ({len(a)} + {len(b)} units): "
+                  f"{null['verdict']}", flush=True)
+        summary["seconds_per_seed"] = summary.get("seconds_per_seed", []) + [time.perf_counter() - began]
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     detected = sum(r["p_value"] < 0.05 for r in summary["member"])
     false = sum(r["p_value"] < 0.05 for r in summary["null"])
     summary["detected"], summary["false_positives"] = detected, false

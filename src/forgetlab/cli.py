@@ -244,10 +244,12 @@ def pretrain(config: Path = typer.Argument(..., help="pretraining YAML: corpus, 
 def infer(model: str = typer.Option(..., "--model", help="a causal LM: a local folder or a hub id"),
           suspect: Path = typer.Option(..., "--suspect", help="texts that may have been trained on (.jsonl or .txt)"),
           reference: Path = typer.Option(..., "--reference", help="texts known not to be (same distribution)"),
-          n: Optional[int] = typer.Option(None, "--n", help="texts per side (default: all the smaller side has)"),
+          n: Optional[int] = typer.Option(None, "--n", help="at most this many texts per side (default: all)"),
           out_dir: Path = typer.Option(Path("runs/infer"), "--out", help="folder for inference.json and report.html"),
           seed: int = typer.Option(0, "--seed", help="the sample, the splits and the perturbations"),
-          repeats: int = typer.Option(1, "--repeats", min=1, help="random splits, p-values combined"),
+          repeats: int = typer.Option(1, "--repeats", min=1, help="random cross-fit splits, p-values combined"),
+          join_min_chars: int = typer.Option(0, "--join-min-chars", min=0,
+                                             help="join consecutive texts of a side into units of at least this many characters (0: off)"),
           ref_model: list[str] = typer.Option([], "--ref-model", help="a reference LM for ratio features, repeatable"),
           max_length: int = typer.Option(512, "--max-length", min=2, help="tokens scored per text"),
           batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -258,11 +260,13 @@ def infer(model: str = typer.Option(..., "--model", help="a causal LM: a local f
     from .inference import infer as run_infer
 
     result = run_infer(model, suspect, reference, n=n, seed=seed, repeats=repeats, references=ref_model,
-                       max_length=max_length, batch_size=batch_size, device=device, alpha=alpha,
+                       join_min_chars=join_min_chars, max_length=max_length, batch_size=batch_size, device=device, alpha=alpha,
                        trust_remote_code=trust_remote_code, out=out_dir)
     raw = result.raw
-    table = Table("p-value", "effect size", "texts per side", "verdict", title=escape(f"dataset inference: {model}"))
-    table.add_row(f"{raw['p_value']:.3g}", f"{raw['effect_size']:.3f}", str(raw["n"]), raw["verdict"])
+    table = Table("p-value", "effect size", "suspect units", "reference units", "verdict",
+                  title=escape(f"dataset inference: {model}"))
+    table.add_row(f"{raw['p_value']:.3g}", f"{raw['effect_size']:.3f}", str(raw["n"]["suspect"]),
+                  str(raw["n"]["reference"]), escape(raw["verdict"]))
     _print_table(table)
     features = Table("feature", "AUC", title="single features (0.5: no signal)")
     for name, value in raw["feature_auc"].items():

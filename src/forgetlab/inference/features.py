@@ -86,9 +86,10 @@ class CausalLM:
         return [(self.start + p)[: self.max_length] for p in pieces]
 
     @torch.inference_mode()
-    def token_logprobs(self, texts: list[str]) -> list[np.ndarray]:
+    def token_logprobs(self, texts: list[str], progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
         """For each text, log p(token_t | tokens before t) of its tokens (the first token is scored
-        after the start token when the model has one), in batches of similar length."""
+        after the start token when the model has one), in batches of similar length; ``progress`` is
+        called with each batch's size."""
         ids = self.encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[np.ndarray] = [np.zeros(0)] * len(ids)
@@ -105,6 +106,8 @@ class CausalLM:
             picked = (-nll).cpu().numpy()
             for row, i in enumerate(chunk):
                 out[i] = picked[row, : len(ids[i]) - 1].astype(np.float64)
+            if progress is not None:
+                progress(len(chunk))
         return out
 
 
@@ -139,9 +142,16 @@ def perturb(texts: list[str], name: str, seed: int) -> list[str]:
     return [edit(t, random.Random(f"{seed}-{name}-{i}")) for i, t in enumerate(texts)]
 
 
-def text_features(model: CausalLM, texts: list[str], references: list[CausalLM] = (), seed: int = 0) -> np.ndarray:
-    """The [texts × features] matrix, columns in ``feature_names(len(references))`` order."""
-    logps = model.token_logprobs(texts)
+def passes_per_text(references: int = 0) -> int:
+    """Forward passes ``text_features`` makes per text: the text, each perturbation, each reference model."""
+    return 1 + len(PERTURBATIONS) + references
+
+
+def text_features(model: CausalLM, texts: list[str], references: list[CausalLM] = (), seed: int = 0,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The [texts × features] matrix, columns in ``feature_names(len(references))`` order; ``progress``
+    is called with the texts scored after each batch of each pass."""
+    logps = model.token_logprobs(texts, progress)
     short = [i for i, lp in enumerate(logps) if len(lp) == 0]
     if short:
         raise UserError(f"text {short[0] + 1}: too short to score (it has no token after the start token)")
@@ -151,10 +161,10 @@ def text_features(model: CausalLM, texts: list[str], references: list[CausalLM] 
     columns += [np.array([max_k(lp, k) for lp in logps]) for k in K_FRACTIONS]
     columns.append(np.array([zlib_ratio(lp, t) for lp, t in zip(logps, texts)]))
     for name in PERTURBATIONS:
-        perturbed = model.token_logprobs(perturb(texts, name, seed))
+        perturbed = model.token_logprobs(perturb(texts, name, seed), progress)
         columns.append(np.array([log_ppl(lp) if len(lp) else b for lp, b in zip(perturbed, base)]) - base)
     for ref in references:
-        columns.append(base - np.array([log_ppl(lp) for lp in ref.token_logprobs(texts)]))
+        columns.append(base - np.array([log_ppl(lp) for lp in ref.token_logprobs(texts, progress)]))
     return np.stack(columns, axis=1)
 
 
