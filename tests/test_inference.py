@@ -187,8 +187,9 @@ def test_cross_fit_p_is_bonferroni():
 
 def test_cross_fit_keeps_its_size_under_a_simulated_null():
     """2,000 null data sets of 40 + 40 rows and 17 features (one strength, so no inner CV, for speed):
-    each fold alone rejects 5% ± 1.5 points; the folds are nearly the same test, so Bonferroni's 2·min
-    rejects between α/2 (folds identical) and α (folds independent): conservative, never above."""
+    each fold alone, and the cross-fit combination, reject 5% ± 1.5 points (the issue's tolerance). The
+    folds are nearly the same test, so Bonferroni's 2·min rejects between α/2 (folds identical) and α
+    (folds independent): here 3.95%, conservative, never above α beyond the draws' noise."""
     rng = np.random.default_rng(7)
     folds, combined = [], []
     for i in range(2000):
@@ -196,7 +197,7 @@ def test_cross_fit_keeps_its_size_under_a_simulated_null():
         folds.append(cf.folds[0].p_value)
         combined.append(cf.p_value)
     assert 0.035 <= np.mean(np.array(folds) < 0.05) <= 0.065
-    assert 0.025 - 0.01 <= np.mean(np.array(combined) < 0.05) <= 0.05 + 0.015
+    assert 0.035 <= np.mean(np.array(combined) < 0.05) <= 0.065
 
 
 def test_power_estimate_by_hand():

@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--null-per-model", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/membership"))
+    ap.add_argument("--models", type=Path, default=None,
+                    help="reuse the models an earlier run of this script trained (its --out): no pretraining")
     args = ap.parse_args()
 
     data = Path(os.environ.get("FORGETLAB_DATA_DIR", "../shared/data"))
@@ -70,7 +72,10 @@ def main() -> None:
             "model": {"arch": "gpt2", "size": args.size, "seq_len": 128},
             "train": {"epochs": args.epochs, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50},
         })
-        record = pretrain(cfg, work / "model")
+        if args.models:            # the same seed draws the same members, so the earlier model fits them
+            record = json.loads((args.models / f"seed{seed}" / "model" / "pretrain.json").read_text())
+        else:
+            record = pretrain(cfg, work / "model")
         model = record["checkpoints"][-1]["path"]
         trained = time.perf_counter()
         res = forgetlab.infer(model, work / "members.jsonl", work / "nonmembers.jsonl", seed=seed,
