@@ -236,6 +236,8 @@ def test_three_verdicts():
     assert verdict(0.3, 0.05, 1000, 500) == "no evidence"                 # enough power: not trained on, as far as can be seen
     assert verdict(0.3, 0.05, 100, math.inf) == "no evidence"             # no effect seen to size a test by
     assert verdict(0.3, 0.05, 100, 1234) == "inconclusive: about 1,300 texts per side would be needed"
+    # joined units of 5 texts on average: 1,234 units are 6,170 texts
+    assert verdict(0.3, 0.05, 100, 1234, texts_per_unit=5.0) == "inconclusive: about 6,200 texts per side would be needed"
 
 
 def test_join_texts_by_hand():

@@ -60,7 +60,8 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
     names = feature_names(len(refs))
     s_feat, r_feat = _score(lm, refs, sides["suspect"][1], sides["reference"][1], seed, show_progress)
 
-    result = dataset_test(s_feat, r_feat, seed=seed, repeats=repeats, alpha=alpha)
+    texts_per_unit = (sides["suspect"][0] + sides["reference"][0]) / (len(s_feat) + len(r_feat))
+    result = dataset_test(s_feat, r_feat, seed=seed, repeats=repeats, alpha=alpha, texts_per_unit=texts_per_unit)
     feature_auc = {name: auc(s_feat[:, j], r_feat[:, j]) for j, name in enumerate(names)}
     first = result["fits"][0].folds[0]
     n_s, n_r = len(s_feat), len(r_feat)
@@ -87,9 +88,10 @@ def infer(model: str, suspect: str | Path | list[str], reference: str | Path | l
 
 
 def dataset_test(s_feat: np.ndarray, r_feat: np.ndarray, *, seed: int = 0, repeats: int = 1,
-                  alpha: float = 0.05) -> dict[str, Any]:
+                  alpha: float = 0.05, texts_per_unit: float = 1.0) -> dict[str, Any]:
     """The statistics of ``infer`` on feature matrices (rows: units, in random order): the cross-fitted
-    p-value over ``repeats`` splits, the p-value at growing sizes, the power estimate and the verdict.
+    p-value over ``repeats`` splits, the p-value at growing sizes, the power estimate (in units) and the
+    verdict (its count in texts: ``texts_per_unit`` texts a joined unit holds on average).
     The "fits" entry holds the ``CrossFit`` of each split; every other entry is plain JSON."""
     def test(m: int) -> tuple[float, list]:
         fits = [cross_fit_test(s_feat[:m], r_feat[:m], seed * 1_000 + i) for i in range(repeats)]
@@ -105,7 +107,7 @@ def dataset_test(s_feat: np.ndarray, r_feat: np.ndarray, *, seed: int = 0, repea
     finite = [x for x in (from_d, from_curve) if math.isfinite(x)]
     needed = max(finite) if finite else math.inf
     return {
-        "p_value": p_value, "verdict": verdict(p_value, alpha, min(n_s, n_r), needed),
+        "p_value": p_value, "verdict": verdict(p_value, alpha, min(n_s, n_r), needed, texts_per_unit),
         "effect_size": float(np.median([f.effect_size for f in fits])),
         "combination": "cross-fit: min(1, 2·min) of the two folds (Bonferroni); repeats: min(1, 2·median)",
         "fold_p_values": [[f.p_value for f in cf.folds] for cf in fits],

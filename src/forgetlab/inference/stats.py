@@ -211,14 +211,15 @@ def texts_needed_from_curve(sizes: list[int], p_values: list[float], alpha: floa
     return float((math.log(alpha) - intercept) / slope) if slope < 0 else math.inf
 
 
-def verdict(p_value: float, alpha: float, n: int, needed: float) -> str:
-    """"member" (p < α); "no evidence" (p ≥ α and about ``needed`` ≤ n texts per side gave the power
-    asked, or no effect was seen to size a larger test by: needed = inf); else "inconclusive"."""
+def verdict(p_value: float, alpha: float, n: int, needed: float, texts_per_unit: float = 1.0) -> str:
+    """"member" (p < α); "no evidence" (p ≥ α and about ``needed`` ≤ n units per side gave the power
+    asked, or no effect was seen to size a larger test by: needed = inf); else "inconclusive", the units
+    needed told as texts (``texts_per_unit``: the texts a joined unit holds on average)."""
     if p_value < alpha:
         return "member"
     if needed <= n or math.isinf(needed):
         return "no evidence"
-    return f"inconclusive: about {round_up(needed):,} texts per side would be needed"
+    return f"inconclusive: about {round_up(needed * texts_per_unit):,} texts per side would be needed"
 
 
 def round_up(x: float) -> int:
