@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -118,6 +119,19 @@ class Ranks:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    @contextmanager
+    def terms_held(self) -> Iterator[None]:
+        """Ignore SIGTERM for the block: a rank marking its run failed is not cut short by the launcher
+        stopping the others (its SystemExit would skip the writes); the failure is re-raised after."""
+        if not self.active or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     # -- the training step -------------------------------------------------------------------
     def wrap(self, learner: torch.nn.Module) -> torch.nn.Module:

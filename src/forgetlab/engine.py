@@ -121,13 +121,14 @@ class Engine:
                 write_json(out_dir / "results.json", results)
                 store.complete(run_id, results)
         except BaseException as exc:
-            self._notify("close", failed=True)
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            store.fail(run_id, f"{type(exc).__name__}: {message}")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
-                                                   "status": "failed", "error": traceback.format_exc(limit=5),
-                                                   "config": cfg.to_dict()})
+            with ranks.terms_held():       # a peer's death brings the launcher's SIGTERM: not before this is written
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_json(out_dir / "results.json", {"forgetlab_version": __version__, "run_id": run_id,
+                                                       "status": "failed", "error": traceback.format_exc(limit=5),
+                                                       "config": cfg.to_dict()})
+                store.fail(run_id, f"{type(exc).__name__}: {message}")
+                self._notify("close", failed=True)
             raise
         self._notify("finish", results)
         return results
