@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_data
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,8 +137,7 @@ def test_a_run_puts_the_harness_columns_in_g_before_and_after_each_task(tmp_path
     assert raw["retention"]["probes"] == probes
 
 
-@pytest.mark.skipif(not (Path(os.environ.get("FORGETLAB_DATA_DIR", "")) / "qa_probes/mmlu/val.jsonl").is_file(),
-                    reason="needs FORGETLAB_DATA_DIR")
+@needs_data("qa_probes")            # mmlu_local reads the real MMLU's val and dev splits
 def test_with_the_built_in_probes_the_harness_mmlu_equals_qa_accuracy(tmp_path):
     """eval.retention's MMLU and the harness's mmlu_local on the same 8 items: one number."""
     cfg = general_config(tmp_path, retention={"corpus": None, "qa": "mmlu", "max_items": 8, "max_length": 64})
